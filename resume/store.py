@@ -1,0 +1,126 @@
+"""Where manifests live: atomic writes, private permissions, one process at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from resume.manifest import Manifest, ManifestError
+
+
+class LockHeld(Exception):
+    """Another process is uploading the same file to the same destination."""
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "chunkhaul"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ManifestStore:
+    """One manifest (and lock) per (source file, destination) in a 0700 directory."""
+
+    def __init__(self, state_dir: Path, source_path: str, destination: str) -> None:
+        self.dir = Path(state_dir)
+        key = hashlib.sha256(f"{os.path.realpath(source_path)}\n{destination}".encode()).hexdigest()
+        self.path = self.dir / f"{key[:32]}.json"
+        self.lock_path = self.dir / f"{key[:32]}.lock"
+        self._lock_fd: int | None = None
+
+    def ensure_dir(self) -> None:
+        # makedirs' mode is filtered by the umask; chmod makes 0700 hold even under umask 000.
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if (self.dir.stat().st_mode & 0o777) != 0o700:
+            os.chmod(self.dir, 0o700)
+
+    # -- lock ---------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the exclusive lock or raise LockHeld naming the holder."""
+        self.ensure_dir()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = self._read_holder()
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockHeld(holder) from None
+            raise
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "since": time.time(), "argv": sys.argv[:1]}
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fchmod(fd, 0o600)
+        self._lock_fd = fd
+
+    def _read_holder(self) -> str:
+        try:
+            info = json.loads(self.lock_path.read_text() or "{}")
+            since = time.strftime("%H:%M:%S", time.localtime(info.get("since", 0)))
+            return f"process {info.get('pid', '?')} (started {since})"
+        except (OSError, ValueError):
+            return "another process"
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    # -- manifest -----------------------------------------------------------
+
+    def load(self) -> Manifest | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return Manifest.loads(raw)
+
+    def save(self, manifest: Manifest) -> None:
+        """Write atomically: a crash leaves either the old or the new manifest, never half."""
+        self.ensure_dir()
+        manifest.updated_at = time.time()
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            data = manifest.dumps()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.dir)
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def load_or_none(self) -> tuple[Manifest | None, str | None]:
+        """The manifest, or None with the reason it could not be used."""
+        try:
+            return self.load(), None
+        except ManifestError as exc:
+            return None, str(exc)

@@ -1,0 +1,56 @@
+"""Resolve AWS settings the way the AWS CLI does: options, then env, then profile files."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import botocore.session
+from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+from uploader.config import UploadOptions
+from uploader.errors import UsageError
+from uploader.targets.s3 import S3Location, S3Protocol
+
+
+def _session(profile: str | None) -> Any:
+    try:
+        session = botocore.session.Session(profile=profile)
+        session.get_scoped_config()  # raises ProfileNotFound early
+        return session
+    except ProfileNotFound:
+        raise UsageError(f"AWS profile {profile!r} not found in the AWS config files") from None
+
+
+def _endpoint(options: UploadOptions, session: Any) -> str | None:
+    url = (
+        options.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or session.get_scoped_config().get("endpoint_url")
+    )
+    if url and not url.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint-url {url}: must start with http:// or https://")
+    return str(url) if url else None
+
+
+def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:
+    location = S3Location.parse(options.destination)
+    session = _session(options.profile)
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        raise UsageError(f"could not load AWS credentials: {exc}") from None
+    if credentials is None:
+        raise UsageError(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or use --profile with a configured profile"
+        )
+    region = options.region or session.get_config_variable("region") or "us-east-1"
+    return S3Protocol(
+        location,
+        endpoint_url=_endpoint(options, session),
+        region=str(region),
+        credentials=credentials,
+        source=source,
+    )

@@ -1,0 +1,132 @@
+"""`chunkhaul upload FILE DEST`: run it again after any failure and it resumes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from uploader.config import DEFAULT_CONCURRENCY, UploadOptions
+from uploader.engine import upload_async
+from uploader.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RESUME_HINT, ChunkhaulError
+from uploader.redact import redact_text
+from uploader.result import UploadResult
+
+log = logging.getLogger("uploader")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, as for every other bad input
+        self.exit(EXIT_USAGE, f"chunkhaul: error: {message} (see chunkhaul upload --help)\n")
+
+
+def _pairs(values: Sequence[str] | None, sep: str, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or ():
+        name, found, value = item.partition(sep)
+        if not found or not name.strip():
+            raise ChunkhaulError(f"{flag} {item!r}: expected NAME{sep}VALUE")
+        out[name.strip()] = value.strip() if sep == ":" else value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="chunkhaul", description="Resumable, parallel, verified uploads.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    up = sub.add_parser("upload", help="upload FILE to DEST (run again to resume)")
+    up.add_argument("file")
+    up.add_argument("destination", help="s3://BUCKET/KEY")
+    up.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS; env AWS_ENDPOINT_URL)")
+    up.add_argument("--region")
+    up.add_argument("--profile")
+    up.add_argument("--protocol", choices=["s3"], help="override the protocol implied by DEST")
+    up.add_argument("--part-size", help="e.g. 16MiB (grown automatically to stay under 10,000 parts)")
+    up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parts in flight")
+    up.add_argument("--state-dir", help="where resume manifests live (default ~/.local/state/chunkhaul)")
+    up.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    up.add_argument("--restart", action="store_true", help="abort the interrupted upload and start over")
+    up.add_argument("--fallback", choices=["auto", "never", "only"], default="auto")
+    up.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    up.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="give up on a request when no bytes moved for this long")
+    up.add_argument("--retries", type=int, default=5, help="attempts per request")
+    up.add_argument("--force-close", action="store_true", help="a new connection for every request")
+    up.add_argument("--header", action="append", metavar="'NAME: VALUE'")
+    up.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    up.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    up.add_argument("-v", "--verbose", action="count", default=0)
+    up.add_argument("-q", "--quiet", action="store_true")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> UploadOptions:
+    return UploadOptions(
+        source=args.file, destination=args.destination, protocol=args.protocol,
+        endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
+        part_size=args.part_size, concurrency=args.concurrency, state_dir=args.state_dir,
+        ca_bundle=args.ca_bundle, restart=args.restart, fallback=args.fallback,
+        headers=_pairs(args.header, ":", "--header"), metadata=_pairs(args.metadata, "=", "--metadata"),
+        connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
+        retries=args.retries, force_close=args.force_close,
+    )
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("botocore", "asyncio", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _main_task(options: UploadOptions, show_bar: bool) -> UploadResult:
+    # SIGTERM stops the upload the way Ctrl-C does: cancelled, manifest saved.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    return await upload_async(options, show_bar=show_bar)
+
+
+def _fail(args: argparse.Namespace, code: int, message: str) -> int:
+    print(f"chunkhaul: error: {redact_text(message)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"error": redact_text(message), "exit_code": code}))
+    return code
+
+
+def run_upload(args: argparse.Namespace) -> int:
+    try:
+        options = _options(args)
+        show_bar = not args.quiet and not args.json and sys.stderr.isatty()
+        result = asyncio.run(_main_task(options, show_bar))
+    except ChunkhaulError as exc:
+        log.debug("failure detail", exc_info=True)
+        return _fail(args, exc.exit_code, str(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return _fail(args, EXIT_INTERRUPTED, f"interrupted; progress is saved, {RESUME_HINT}")
+    except Exception as exc:  # a bug: still one line unless -v
+        log.debug("internal error", exc_info=True)
+        return _fail(args, EXIT_FAILED, f"internal error: {type(exc).__name__}: {exc} "
+                     f"(run with -v for details); {RESUME_HINT}")
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    if args.command == "upload":
+        return run_upload(args)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Orchestration: plan, resume, send parts in parallel, complete; fall back when all else fails."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from chunker import Part, PartDigest, digest_range, plan_parts
+from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
+from uploader.config import UploadOptions
+from uploader.errors import (
+    RESUME_HINT,
+    LockedError,
+    SessionLost,
+    SourceChangedError,
+    TransientError,
+    UploadFailed,
+    UsageError,
+)
+from uploader.progress import Progress
+from uploader.redact import redact_url
+from uploader.result import UploadResult
+from uploader.retry import RetryPolicy
+from uploader.source import mb, open_source
+from uploader.targets.base import Completed, MultipartProtocol
+from uploader.transport_async import AsyncTransport
+from uploader.wire import HttpRequest, HttpResponse
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CHECKPOINT_EVERY = 1.0  # seconds between manifest writes while parts stream in
+
+
+def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
+    scheme = options.protocol or options.destination.split("://", 1)[0].lower()
+    if scheme == "s3":
+        from uploader.aws import s3_protocol
+
+        return s3_protocol(options, source)
+    raise UsageError(
+        f"unknown destination {redact_url(options.destination)!r}: use s3://BUCKET/KEY"
+    )
+
+
+class _Upload:
+    """One run of one file to one destination."""
+
+    def __init__(self, options: UploadOptions, identity: FileIdentity, protocol: MultipartProtocol,
+                 transport: AsyncTransport, store: ManifestStore, show_bar: bool) -> None:
+        self.options = options
+        self.identity = identity
+        self.protocol = protocol
+        self.transport = transport
+        self.store = store
+        self.policy = RetryPolicy(attempts=options.retries)
+        self.progress = Progress(identity.size, label=os.path.basename(identity.path),
+                                 bar=show_bar, callback=options.progress)
+        self.manifest: Manifest | None = None
+        self.bytes_sent = 0
+        self.bytes_resumed = 0
+        self.retries = 0
+        self.resumed = False
+        self._last_save = 0.0
+        self._save_lock = asyncio.Lock()
+
+    # -- retries --------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.policy.delay(state.attempt_number, exc)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("Retrying after attempt %d/%d failed: %s",
+                 state.attempt_number, self.policy.attempts, exc)
+
+    async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
+        """Send with retries; every attempt builds its request (and body) afresh."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.attempts), wait=self._wait,
+            retry=retry_if_exception_type(TransientError), reraise=True,
+            before_sleep=self._before_sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                request = build()
+                self.bytes_sent += request.body_length
+                return parse(await self.transport.send(request))
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    # -- manifest -------------------------------------------------------------
+
+    async def checkpoint(self, force: bool = False) -> None:
+        """Persist progress; throttled because a 10,000-part manifest is large."""
+        if self.manifest is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_save < CHECKPOINT_EVERY:
+            return
+        async with self._save_lock:
+            self._last_save = now
+            await asyncio.to_thread(self.store.save, self.manifest)
+
+    # -- the flow -------------------------------------------------------------
+
+    async def run(self) -> Completed:
+        if self.identity.size < self.options.part_size_bytes:
+            return await self.single_shot()
+        manifest = self.load_manifest()
+        if manifest is not None:
+            try:
+                return await self.resume(manifest)
+            except SessionLost as exc:
+                log.warning("The server no longer has the interrupted upload (%s); starting a new upload", exc)
+                self.progress.reset()  # a new upload: the old parts are gone
+                self.bytes_resumed, self.resumed = 0, False
+        return await self.fresh()
+
+    def load_manifest(self) -> Manifest | None:
+        manifest, problem = self.store.load_or_none()
+        if problem:
+            raise UsageError(f"the resume manifest {self.store.path} is unusable ({problem}); "
+                             "run again with --restart to start over")
+        if manifest is None:
+            return None
+        if self.options.restart:
+            return None  # the caller aborted the old upload already
+        changed = manifest.file.differences(self.identity)
+        if changed:
+            raise SourceChangedError(
+                f"{self.identity.path} changed since the interrupted upload ({', '.join(changed)} "
+                "differ); nothing was sent. Run again with --restart to upload it from the start"
+            )
+        return manifest
+
+    async def fresh(self) -> Completed:
+        parts = plan_parts(self.identity.size, self.options.part_size_bytes, self.protocol.limits)
+        session = await self.call(
+            lambda: self.protocol.create(self.identity.size, parts[0].length), self.protocol.parse_create)
+        self.manifest = Manifest(
+            file=self.identity, destination=self.protocol.destination(), target=self.protocol.kind,
+            part_size=parts[0].length, parts=[PartRecord(p.number, p.offset, p.length) for p in parts],
+            session=session,
+        )
+        await self.checkpoint(force=True)
+        return await self.send_parts(self.manifest.parts)
+
+    async def resume(self, manifest: Manifest) -> Completed:
+        self.manifest = manifest
+        self.resumed = True
+        server = await self.server_parts(manifest)
+        todo = await asyncio.to_thread(reconcile, manifest.parts, server, self._local_etag)
+        self.bytes_resumed = manifest.bytes_done()
+        log.info("Resuming: %d of %d parts (%s) already on the server",
+                 len(manifest.parts) - len(todo), len(manifest.parts), mb(self.bytes_resumed))
+        self.progress.start_at(self.bytes_resumed)
+        await self.checkpoint(force=True)
+        return await self.send_parts(todo)
+
+    def _local_etag(self, record: PartRecord) -> str | None:
+        digest = digest_range(self.identity.path, record.offset, record.length, self.protocol.part_digests)
+        return self.protocol.local_etag(digest)
+
+    async def server_parts(self, manifest: Manifest) -> dict[int, ServerPart]:
+        found: dict[int, ServerPart] = {}
+        marker: str | None = None
+        while True:
+            listing = await self.call(lambda: self.protocol.list_parts(manifest.session, marker),
+                                      self.protocol.parse_list_parts)
+            found.update((p.number, p) for p in listing.parts)
+            if listing.next_marker is None or listing.next_marker == marker:
+                return found
+            marker = listing.next_marker
+
+    async def send_parts(self, todo: list[PartRecord]) -> Completed:
+        assert self.manifest is not None
+        queue: asyncio.Queue[PartRecord] = asyncio.Queue()
+        for record in todo:
+            queue.put_nowait(record)
+        workers = [asyncio.create_task(self._worker(queue))
+                   for _ in range(min(self.options.concurrency, len(todo)))]
+        try:
+            await _gather_or_cancel(workers)
+        finally:
+            await self.checkpoint(force=True)
+        return await self.complete()
+
+    async def _worker(self, queue: asyncio.Queue[PartRecord]) -> None:
+        assert self.manifest is not None
+        session = self.manifest.session
+        while not queue.empty():
+            record = queue.get_nowait()
+            part = Part(record.number, record.offset, record.length)
+            digest = await self._digest(part)
+            etag = await self.call(lambda: self.protocol.upload_part(session, part, digest),
+                                   lambda resp: self.protocol.parse_upload_part(resp, part))
+            record.xxh3_128, record.etag = digest.xxh3_128, etag
+            self.progress.commit(part.length)
+            await self.checkpoint()
+
+    async def _digest(self, part: Part) -> PartDigest:
+        # Off the event loop: md5 runs at ~0.6 GB/s and would stall every other part.
+        return await asyncio.to_thread(digest_range, self.identity.path, part.offset, part.length,
+                                       self.protocol.part_digests)
+
+    async def complete(self) -> Completed:
+        assert self.manifest is not None
+        session = self.manifest.session
+        etags = [(p.number, p.etag) for p in self.manifest.parts if p.etag is not None]
+        if len(etags) != len(self.manifest.parts):
+            raise UploadFailed(f"{len(self.manifest.parts) - len(etags)} parts were not confirmed; {RESUME_HINT}")
+        done = await self.call(lambda: self.protocol.complete(session, etags),
+                               lambda resp: self.protocol.parse_complete(resp, session))
+        self.store.delete()  # only now: the server confirmed the whole object
+        self.manifest = None
+        return done
+
+    async def single_shot(self) -> Completed:
+        digest = await self._digest(Part(1, 0, self.identity.size))
+        done = await self.call(lambda: self.protocol.single_shot(self.identity.size, digest),
+                               self.protocol.parse_single_shot)
+        self.progress.commit(self.identity.size)
+        self.store.delete()
+        return done
+
+    async def restart(self) -> None:
+        """--restart: abort what the old manifest points at, then forget it."""
+        manifest, _ = self.store.load_or_none()
+        if manifest is not None and manifest.session.get("upload_id"):
+            try:
+                await self.transport.send(self.protocol.abort(manifest.session))
+                log.info("Aborted the previous upload %s", manifest.session.get("upload_id"))
+            except UploadFailed as exc:
+                log.warning("Could not abort the previous upload (%s); starting over anyway", exc)
+        self.store.delete()
+
+
+async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for all; on the first failure cancel the rest and raise that failure."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def upload_async(options: UploadOptions | None = None, /, *, show_bar: bool = False,
+                       **kwargs: Any) -> UploadResult:
+    """Upload one file; see UploadOptions for the options (also accepted as keywords)."""
+    if options is None:
+        options = UploadOptions.build(**kwargs)
+    identity = open_source(options.source)
+    name = os.path.basename(identity.path)
+    protocol = build_protocol(options, identity.path)
+    store = ManifestStore(options.state_path, identity.path, protocol.destination())
+    try:
+        store.acquire()
+    except LockHeld as held:
+        raise LockedError(
+            f"another chunkhaul ({held}) is already uploading {name} to {protocol.destination()}; "
+            "wait for it to finish or stop it first"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"state directory {store.dir} is not usable ({exc.strerror}); "
+                         "choose another with --state-dir") from None
+    log.info("Uploading file: %s (%s)", name, mb(identity.size))
+    started = time.monotonic()
+    try:
+        async with AsyncTransport(
+            concurrency=options.concurrency, connect_timeout=options.connect_timeout,
+            stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle,
+            force_close=options.force_close,
+        ) as transport:
+            run = _Upload(options, identity, protocol, transport, store, show_bar)
+            try:
+                if options.restart:
+                    await run.restart()
+                done = await _run_guarded(run.run(), run)
+            finally:
+                run.progress.close()
+    finally:
+        store.release()
+    seconds = time.monotonic() - started
+    rate = identity.size / (1024 * 1024) / seconds if seconds > 0 else 0.0
+    log.info("✓ Successfully uploaded '%s' (took %.1fs, %.2f MB/s)", name, seconds, rate)
+    return UploadResult(
+        file=identity.path, destination=done.location, bytes_total=identity.size,
+        bytes_sent=run.bytes_sent, bytes_resumed=run.bytes_resumed,
+        parts=len(plan_parts(identity.size, run.options.part_size_bytes, protocol.limits)),
+        part_retries=run.retries, seconds=round(seconds, 3), mib_per_s=round(rate, 2),
+        upload_id=done.upload_id, etag=done.etag, resumed=run.resumed, fallback_used=False,
+    )
+
+
+async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
+    """Turn what escapes the flow into a final error; the manifest always survives."""
+    try:
+        return await flow
+    except TransientError as exc:
+        raise UploadFailed(f"upload failed after {run.policy.attempts} attempts: {exc}; {RESUME_HINT}") from exc
+    except SessionLost as exc:
+        raise UploadFailed(f"the server lost the upload again ({exc}); {RESUME_HINT}") from exc
+
+
+def upload(options: UploadOptions | None = None, /, **kwargs: Any) -> UploadResult:
+    """Blocking form of upload_async."""
+    return asyncio.run(upload_async(options, **kwargs))

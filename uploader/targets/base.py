@@ -1,0 +1,51 @@
+"""What the engine needs from a target whose parts go up in parallel (S3, Procore)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chunker import Part, PartDigest, PartLimits
+from resume import ServerPart
+from uploader.wire import HttpRequest, HttpResponse
+
+
+@dataclass(frozen=True)
+class Completed:
+    etag: str | None
+    location: str  # redacted, printable
+    upload_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PartListing:
+    parts: Sequence[ServerPart]
+    next_marker: str | None  # None: no more pages
+
+
+class MultipartProtocol(Protocol):
+    """Sans-I/O: each method builds a request or reads a response, nothing else.
+
+    `session` is the target's resumable state as stored in the manifest (upload
+    id, segment URLs, ...); it must never contain a credential.
+    """
+
+    kind: str
+    limits: PartLimits
+    part_digests: tuple[str, ...]  # digests each part needs besides xxh3_128
+    single_shot_max: int  # largest file the single-shot request accepts
+
+    def destination(self) -> str: ...
+    def create(self, size: int, part_size: int) -> HttpRequest: ...
+    def parse_create(self, resp: HttpResponse) -> dict[str, Any]: ...
+    def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest: ...
+    def parse_list_parts(self, resp: HttpResponse) -> PartListing: ...
+    def upload_part(self, session: Mapping[str, Any], part: Part, digest: PartDigest) -> HttpRequest: ...
+    def parse_upload_part(self, resp: HttpResponse, part: Part) -> str: ...
+    def complete(self, session: Mapping[str, Any], etags: Sequence[tuple[int, str]]) -> HttpRequest: ...
+    def parse_complete(self, resp: HttpResponse, session: Mapping[str, Any]) -> Completed: ...
+    def abort(self, session: Mapping[str, Any]) -> HttpRequest: ...
+    def single_shot(self, size: int, digest: PartDigest | None) -> HttpRequest: ...
+    def parse_single_shot(self, resp: HttpResponse) -> Completed: ...
+    def local_etag(self, digest: PartDigest) -> str | None: ...

@@ -1,0 +1,252 @@
+"""S3 multipart (AWS and S3-compatible stores), SigV4-signed with botocore. No I/O."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from chunker import Part, PartDigest, PartLimits
+from chunker.plan import GiB
+from resume import ServerPart
+from uploader.errors import PermanentError, SessionLost, TransientError, UsageError
+from uploader.retry import RETRYABLE_STATUS, parse_retry_after
+from uploader.targets.base import Completed, PartListing
+from uploader.wire import FileSlice, HttpRequest, HttpResponse
+
+UNSIGNED = "UNSIGNED-PAYLOAD"
+# S3 error codes that mean "the bytes or the clock went wrong in transit": send again.
+TRANSIENT_CODES = {"BadDigest", "RequestTimeout", "IncompleteBody", "SlowDown", "InternalError"}
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+class Credentials(Protocol):
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise UsageError(f"not an s3:// URL: {url}")
+        bucket, key = parts.netloc, parts.path.lstrip("/")
+        if not bucket:
+            raise UsageError(f"{url}: no bucket; use s3://BUCKET/KEY")
+        if not key or key.endswith("/"):
+            raise UsageError(f"{url}: no object key; use s3://BUCKET/KEY (e.g. s3://{bucket}/file.bin)")
+        if not _BUCKET_RE.match(bucket):
+            raise UsageError(f"{url}: {bucket!r} is not a valid bucket name")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class _Signer(S3SigV4Auth):
+    """SigV4 with the payload hash decided by us: UNSIGNED-PAYLOAD for file bodies
+    (Content-MD5 still protects them), the real sha256 for small XML bodies."""
+
+    def payload(self, request: AWSRequest) -> str:
+        preset = request.context.get("payload_hash")
+        if isinstance(preset, str):
+            return preset
+        body = request.body or b""
+        return sha256(body if isinstance(body, bytes) else str(body).encode()).hexdigest()
+
+
+def _xml_text(root: ET.Element, name: str) -> str | None:
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == name:
+            return el.text
+    return None
+
+
+def _xml_all(root: ET.Element, name: str) -> list[ET.Element]:
+    return [el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == name]
+
+
+def s3_error(resp: HttpResponse, label: str) -> Exception:
+    """Turn a non-2xx (or a 200 carrying <Error>) into our error classes."""
+    code, message = "", ""
+    try:
+        root = ET.fromstring(resp.body) if resp.body else None
+    except ET.ParseError:
+        root = None
+    if root is not None:
+        code = _xml_text(root, "Code") or ""
+        message = _xml_text(root, "Message") or ""
+    detail = f"{label}: HTTP {resp.status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    if code == "NoSuchUpload":
+        return SessionLost(detail)
+    if resp.status in RETRYABLE_STATUS or code in TRANSIENT_CODES:
+        return TransientError(detail, status=resp.status, retry_after=parse_retry_after(resp.header("retry-after")))
+    if resp.status == 403:
+        detail += " (check the access key, secret key and the bucket's permissions)"
+    return PermanentError(detail, status=resp.status, code=code or None)
+
+
+class S3Protocol:
+    kind: str = "s3"
+    limits: PartLimits = PartLimits()
+    part_digests: tuple[str, ...] = ("md5",)
+    single_shot_max: int = 5 * GiB
+
+    def __init__(
+        self,
+        location: S3Location,
+        *,
+        endpoint_url: str | None,
+        region: str,
+        credentials: Any,
+        source: str,
+    ) -> None:
+        self.location = location
+        self.source = source
+        self.region = region
+        self._credentials = credentials  # botocore Credentials: refreshable, never stored
+        self.object_url = self._object_url(endpoint_url)
+
+    def _object_url(self, endpoint_url: str | None) -> str:
+        key = quote(self.location.key, safe="/~")
+        if endpoint_url:
+            # S3-compatible stores: path-style, which every one of them speaks.
+            return f"{endpoint_url.rstrip('/')}/{self.location.bucket}/{key}"
+        if "." in self.location.bucket:
+            return f"https://s3.{self.region}.amazonaws.com/{self.location.bucket}/{key}"
+        return f"https://{self.location.bucket}.s3.{self.region}.amazonaws.com/{key}"
+
+    def destination(self) -> str:
+        return str(self.location)
+
+    # -- signing --------------------------------------------------------------
+
+    def _signed(
+        self,
+        method: str,
+        query: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | FileSlice | None = None,
+        label: str,
+    ) -> HttpRequest:
+        url = self.object_url + (f"?{query}" if query else "")
+        req = AWSRequest(method=method, url=url, headers=dict(headers or {}),
+                         data=body if isinstance(body, bytes) else b"")
+        if isinstance(body, FileSlice):
+            req.context["payload_hash"] = UNSIGNED
+        creds = self._credentials.get_frozen_credentials() if hasattr(
+            self._credentials, "get_frozen_credentials") else self._credentials
+        _Signer(creds, "s3", self.region).add_auth(req)
+        signed = {k: str(v) for k, v in req.headers.items()}
+        return HttpRequest(method, url, signed, body, label)
+
+    # -- multipart --------------------------------------------------------------
+
+    def create(self, size: int, part_size: int) -> HttpRequest:
+        return self._signed("POST", "uploads=", label="CreateMultipartUpload")
+
+    def parse_create(self, resp: HttpResponse) -> dict[str, Any]:
+        root = self._xml_ok(resp, "CreateMultipartUpload")
+        upload_id = _xml_text(root, "UploadId")
+        if not upload_id:
+            raise TransientError("CreateMultipartUpload: reply has no UploadId")
+        return {"upload_id": upload_id}
+
+    def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest:
+        query = f"max-parts=1000&uploadId={quote(session['upload_id'], safe='')}"
+        if marker:
+            query = f"max-parts=1000&part-number-marker={marker}&uploadId={quote(session['upload_id'], safe='')}"
+        return self._signed("GET", query, label="ListParts")
+
+    def parse_list_parts(self, resp: HttpResponse) -> PartListing:
+        root = self._xml_ok(resp, "ListParts")
+        parts = [
+            ServerPart(
+                number=int(_xml_text(p, "PartNumber") or 0),
+                size=int(_xml_text(p, "Size") or -1),
+                etag=(_xml_text(p, "ETag") or "").strip('"'),
+            )
+            for p in _xml_all(root, "Part")
+        ]
+        truncated = (_xml_text(root, "IsTruncated") or "false").lower() == "true"
+        marker = _xml_text(root, "NextPartNumberMarker") if truncated else None
+        if truncated and not marker and parts:
+            marker = str(max(p.number for p in parts))
+        return PartListing(parts, marker or None)
+
+    def upload_part(self, session: Mapping[str, Any], part: Part, digest: PartDigest) -> HttpRequest:
+        query = f"partNumber={part.number}&uploadId={quote(session['upload_id'], safe='')}"
+        return self._signed(
+            "PUT", query,
+            headers={"Content-MD5": digest.md5_b64, "Content-Length": str(part.length)},
+            body=FileSlice(self.source, part.offset, part.length),
+            label=f"UploadPart {part.number}",
+        )
+
+    def parse_upload_part(self, resp: HttpResponse, part: Part) -> str:
+        if not resp.ok:
+            raise s3_error(resp, f"UploadPart {part.number}")
+        etag = resp.header("etag")
+        if not etag:
+            raise TransientError(f"UploadPart {part.number}: reply has no ETag")
+        return etag.strip('"')
+
+    def complete(self, session: Mapping[str, Any], etags: Sequence[tuple[int, str]]) -> HttpRequest:
+        items = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>\"{e}\"</ETag></Part>" for n, e in etags
+        )
+        body = f'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{items}</CompleteMultipartUpload>'
+        query = f"uploadId={quote(session['upload_id'], safe='')}"
+        return self._signed("POST", query, headers={"Content-Type": "application/xml"},
+                            body=body.encode(), label="CompleteMultipartUpload")
+
+    def parse_complete(self, resp: HttpResponse, session: Mapping[str, Any]) -> Completed:
+        # S3 may answer 200 and still fail: the error is then in the body.
+        root = self._xml_ok(resp, "CompleteMultipartUpload")
+        etag = (_xml_text(root, "ETag") or resp.header("etag") or "").strip('"') or None
+        return Completed(etag, self.destination(), session.get("upload_id"))
+
+    def abort(self, session: Mapping[str, Any]) -> HttpRequest:
+        query = f"uploadId={quote(session['upload_id'], safe='')}"
+        return self._signed("DELETE", query, label="AbortMultipartUpload")
+
+    def single_shot(self, size: int, digest: PartDigest | None) -> HttpRequest:
+        headers = {"Content-Length": str(size)}
+        if digest is not None and digest.md5 is not None:
+            headers["Content-MD5"] = digest.md5_b64
+        body: bytes | FileSlice = FileSlice(self.source, 0, size) if size else b""
+        return self._signed("PUT", "", headers=headers, body=body, label="PutObject")
+
+    def parse_single_shot(self, resp: HttpResponse) -> Completed:
+        if not resp.ok:
+            raise s3_error(resp, "PutObject")
+        return Completed((resp.header("etag") or "").strip('"') or None, self.destination())
+
+    def local_etag(self, digest: PartDigest) -> str | None:
+        # A non-encrypted S3 part's ETag is the hex md5 of its bytes.
+        return digest.md5_hex if digest.md5 is not None else None
+
+    def _xml_ok(self, resp: HttpResponse, label: str) -> ET.Element:
+        if not resp.ok:
+            raise s3_error(resp, label)
+        try:
+            root = ET.fromstring(resp.body)
+        except ET.ParseError as exc:
+            raise TransientError(f"{label}: unreadable reply ({exc})") from None
+        if root.tag.rsplit("}", 1)[-1] == "Error":
+            raise s3_error(HttpResponse(500 if resp.status == 200 else resp.status, resp.headers, resp.body), label)
+        return root

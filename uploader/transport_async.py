@@ -1,0 +1,151 @@
+"""The aiohttp chunk path: many requests in flight, each body read afresh from disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import aiohttp
+from yarl import URL
+
+from uploader.errors import PermanentError, TransientError
+from uploader.redact import redact_text
+from uploader.tls import make_ssl_context
+from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
+
+READ_PIECE = 1024 * 1024  # bytes read from disk per write: bounds memory per part in flight
+MAX_RESPONSE = 4 * 1024 * 1024
+
+
+class _Activity:
+    """When bytes last moved, so a stalled body is noticed (aiohttp has no write timeout)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.sending = False
+
+    def touch(self) -> None:
+        self.last = self.loop.time()
+
+    def idle(self) -> float:
+        return self.loop.time() - self.last
+
+
+async def _file_body(piece: FileSlice, activity: _Activity) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    fd = await loop.run_in_executor(None, os.open, piece.path, os.O_RDONLY)
+    activity.sending = True
+    try:
+        sent = 0
+        while sent < piece.length:
+            n = min(READ_PIECE, piece.length - sent)
+            data = await loop.run_in_executor(None, os.pread, fd, n, piece.offset + sent)
+            if not data:
+                raise OSError(f"{piece.path} shrank while uploading (short read at {piece.offset + sent})")
+            sent += len(data)
+            activity.touch()
+            yield data
+            activity.touch()  # reached once the previous piece was handed to the socket
+    finally:
+        activity.sending = False
+        activity.touch()
+        os.close(fd)
+
+
+def classify_exception(exc: BaseException, label: str) -> Exception:
+    """Map aiohttp / ssl / OS errors to our classes, once, here."""
+    what = f"{label}: {type(exc).__name__}: {redact_text(str(exc)) or 'no detail'}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return PermanentError(f"TLS certificate rejected ({what}); pass --ca-bundle if the server uses a private CA")
+    if isinstance(exc, aiohttp.ClientConnectorSSLError) or (
+        isinstance(exc, ssl.SSLError) and getattr(exc, "reason", "") in _HANDSHAKE_REFUSALS
+    ):
+        return PermanentError(f"TLS handshake failed ({what}); the server must support TLS 1.2 or newer")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return PermanentError(f"invalid URL ({what})")
+    err = TransientError(what, cause=exc)
+    return err
+
+
+_HANDSHAKE_REFUSALS = {
+    "UNSUPPORTED_PROTOCOL",
+    "TLSV1_ALERT_PROTOCOL_VERSION",
+    "WRONG_VERSION_NUMBER",
+    "NO_PROTOCOLS_AVAILABLE",
+}
+
+
+class AsyncTransport:
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        connect_timeout: float,
+        stall_timeout: float,
+        ca_bundle: str | None = None,
+        force_close: bool = False,
+    ) -> None:
+        self.stall_timeout = stall_timeout
+        self._ssl = make_ssl_context(ca_bundle)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=connect_timeout, sock_read=stall_timeout
+        )
+        self._limit = concurrency + 2
+        self._force_close = force_close
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncTransport:
+        connector = aiohttp.TCPConnector(
+            ssl=self._ssl, limit=self._limit, force_close=self._force_close, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=True
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, req: HttpRequest) -> HttpResponse:
+        """Execute one request; network failures come back as our typed errors."""
+        activity = _Activity()
+        task = asyncio.ensure_future(self._send(req, activity))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=max(0.05, self.stall_timeout / 4))
+                if done:
+                    return task.result()
+                if activity.sending and activity.idle() > self.stall_timeout:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise TransientError(
+                        f"{req.label}: stalled, no bytes moved for {self.stall_timeout:.0f}s"
+                    )
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+
+    async def _send(self, req: HttpRequest, activity: _Activity) -> HttpResponse:
+        assert self._session is not None, "use 'async with AsyncTransport(...)'"
+        headers = dict(req.headers)
+        body: object = req.body
+        if isinstance(req.body, FileSlice):
+            headers["Content-Length"] = str(req.body.length)
+            body = _file_body(req.body, activity)
+        try:
+            async with self._session.request(
+                req.method, URL(req.url, encoded=True), headers=headers, data=body
+            ) as resp:
+                data = await resp.content.read(MAX_RESPONSE)
+                return HttpResponse(resp.status, lower_headers(dict(resp.headers)), data)
+        except (aiohttp.ClientError, ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
+            raise classify_exception(exc, req.label or req.method) from exc
