@@ -1,6 +1,7 @@
 // A real tus 1.0.0 server (@tus/server) for chunkhaul's integration tests, demo and bench.
 //
-//   node server.mjs --store file --dir DIR [--port 0] [--max-size N] [--expiration-ms N]
+//   node server.mjs --store file --dir DIR [--port 0] [--max-size N]
+//                   [--expiration-ms N [--cleanup-interval-ms N]] [--exit-on-stdin-close]
 //   node server.mjs --store s3 [--port 0] ...   (S3 settings from the environment, below)
 //
 // Binds 127.0.0.1 only, serves the tus endpoint at /files/. The first stdout line is
@@ -30,6 +31,7 @@ function readOptions() {
       dir: { type: 'string', default: env.TUS_DIR },
       'max-size': { type: 'string', default: env.TUS_MAX_SIZE },
       'expiration-ms': { type: 'string', default: env.TUS_EXPIRATION_MS },
+      'cleanup-interval-ms': { type: 'string', default: env.TUS_CLEANUP_INTERVAL_MS },
       // Exit when stdin reaches EOF: the launcher holds a pipe, so a killed parent
       // (even kill -9) never leaves an orphan server holding a port.
       'exit-on-stdin-close': { type: 'boolean', default: false },
@@ -93,10 +95,11 @@ function main() {
     process.stdout.write(`LISTENING ${http.address().port}\n`);
   });
 
-  if (expirationMs > 0) {
-    // The file store only deletes expired uploads when asked; sweep on a short period so
-    // tests see expired uploads disappear (404) rather than linger (410) forever.
-    const timer = setInterval(() => server.cleanUpExpiredUploads().catch(() => {}), 1000);
+  const cleanupMs = positiveInt(opts['cleanup-interval-ms'], '--cleanup-interval-ms') ?? 0;
+  if (expirationMs > 0 && cleanupMs > 0) {
+    // Stores only delete expired uploads when asked. Off by default: until a sweep runs
+    // an expired upload answers 410, after it 404, and tests want one deterministic answer.
+    const timer = setInterval(() => server.cleanUpExpiredUploads().catch(() => {}), cleanupMs);
     timer.unref();
   }
 
