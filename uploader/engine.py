@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -14,6 +15,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from chunker import Part, PartDigest, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
 from uploader.config import UploadOptions
+from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
     RESUME_HINT,
     LockedError,
@@ -23,6 +25,7 @@ from uploader.errors import (
     UploadFailed,
     UsageError,
 )
+from uploader.fallback import single_shot_upload
 from uploader.progress import Progress
 from uploader.redact import redact_url
 from uploader.result import UploadResult
@@ -118,7 +121,8 @@ class _Upload:
             try:
                 return await self.resume(manifest)
             except SessionLost as exc:
-                log.warning("The server no longer has the interrupted upload (%s); starting a new upload", exc)
+                log.warning("The server no longer has the interrupted upload (%s); "
+                            "starting a new upload", exc)
                 self.progress.reset()  # a new upload: the old parts are gone
                 self.bytes_resumed, self.resumed = 0, False
         return await self.fresh()
@@ -172,7 +176,7 @@ class _Upload:
         found: dict[int, ServerPart] = {}
         marker: str | None = None
         while True:
-            listing = await self.call(lambda: self.protocol.list_parts(manifest.session, marker),
+            listing = await self.call(partial(self.protocol.list_parts, manifest.session, marker),
                                       self.protocol.parse_list_parts)
             found.update((p.number, p) for p in listing.parts)
             if listing.next_marker is None or listing.next_marker == marker:
@@ -199,8 +203,8 @@ class _Upload:
             record = queue.get_nowait()
             part = Part(record.number, record.offset, record.length)
             digest = await self._digest(part)
-            etag = await self.call(lambda: self.protocol.upload_part(session, part, digest),
-                                   lambda resp: self.protocol.parse_upload_part(resp, part))
+            etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
+                                   partial(_swap(self.protocol.parse_upload_part), part))
             record.xxh3_128, record.etag = digest.xxh3_128, etag
             self.progress.commit(part.length)
             await self.checkpoint()
@@ -215,7 +219,8 @@ class _Upload:
         session = self.manifest.session
         etags = [(p.number, p.etag) for p in self.manifest.parts if p.etag is not None]
         if len(etags) != len(self.manifest.parts):
-            raise UploadFailed(f"{len(self.manifest.parts) - len(etags)} parts were not confirmed; {RESUME_HINT}")
+            missing = len(self.manifest.parts) - len(etags)
+            raise UploadFailed(f"{missing} parts were not confirmed; {RESUME_HINT}")
         done = await self.call(lambda: self.protocol.complete(session, etags),
                                lambda resp: self.protocol.parse_complete(resp, session))
         self.store.delete()  # only now: the server confirmed the whole object
@@ -242,6 +247,10 @@ class _Upload:
         self.store.delete()
 
 
+def _swap(parse: Callable[[HttpResponse, Part], T]) -> Callable[[Part, HttpResponse], T]:
+    return lambda part, resp: parse(resp, part)
+
+
 async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
     """Wait for all; on the first failure cancel the rest and raise that failure."""
     try:
@@ -259,46 +268,100 @@ async def upload_async(options: UploadOptions | None = None, /, *, show_bar: boo
     if options is None:
         options = UploadOptions.build(**kwargs)
     identity = open_source(options.source)
-    name = os.path.basename(identity.path)
     protocol = build_protocol(options, identity.path)
     store = ManifestStore(options.state_path, identity.path, protocol.destination())
+    _lock(store, identity, protocol)
+    try:
+        return await _upload_locked(options, identity, protocol, store, show_bar)
+    finally:
+        store.release()
+
+
+def _lock(store: ManifestStore, identity: FileIdentity, protocol: MultipartProtocol) -> None:
     try:
         store.acquire()
     except LockHeld as held:
         raise LockedError(
-            f"another chunkhaul ({held}) is already uploading {name} to {protocol.destination()}; "
-            "wait for it to finish or stop it first"
+            f"another chunkhaul ({held}) is already uploading {os.path.basename(identity.path)} "
+            f"to {protocol.destination()}; wait for it to finish or stop it first"
         ) from None
     except OSError as exc:
         raise UsageError(f"state directory {store.dir} is not usable ({exc.strerror}); "
                          "choose another with --state-dir") from None
+
+
+async def _upload_locked(options: UploadOptions, identity: FileIdentity, protocol: MultipartProtocol,
+                         store: ManifestStore, show_bar: bool) -> UploadResult:
+    name = os.path.basename(identity.path)
     log.info("Uploading file: %s (%s)", name, mb(identity.size))
     started = time.monotonic()
-    try:
-        async with AsyncTransport(
-            concurrency=options.concurrency, connect_timeout=options.connect_timeout,
-            stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle,
-            force_close=options.force_close,
-        ) as transport:
-            run = _Upload(options, identity, protocol, transport, store, show_bar)
-            try:
-                if options.restart:
-                    await run.restart()
-                done = await _run_guarded(run.run(), run)
-            finally:
-                run.progress.close()
-    finally:
-        store.release()
+    fallback_reason: dict[str, Any] | None = None
+    async with AsyncTransport(
+        concurrency=options.concurrency, connect_timeout=options.connect_timeout,
+        stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle,
+        force_close=options.force_close,
+    ) as transport:
+        run = _Upload(options, identity, protocol, transport, store, show_bar)
+        try:
+            if options.restart:
+                await run.restart()
+            if options.fallback == "only":
+                fallback_reason = {"error_type": "requested", "message": "--fallback only"}
+                done = await _fallback(run)
+            else:
+                try:
+                    done = await _run_guarded(run.run(), run)
+                except UploadFailed as exc:
+                    fallback_reason = _fallback_reason(exc, run, started)
+                    if fallback_reason is None:
+                        raise
+                    done = await _fallback(run)
+        finally:
+            run.progress.close()
     seconds = time.monotonic() - started
     rate = identity.size / (1024 * 1024) / seconds if seconds > 0 else 0.0
+    if fallback_reason is not None:
+        log.info("UPLOAD SUCCEEDED VIA SYNC FALLBACK (total %.1fs including async attempts)", seconds)
     log.info("✓ Successfully uploaded '%s' (took %.1fs, %.2f MB/s)", name, seconds, rate)
     return UploadResult(
         file=identity.path, destination=done.location, bytes_total=identity.size,
         bytes_sent=run.bytes_sent, bytes_resumed=run.bytes_resumed,
         parts=len(plan_parts(identity.size, run.options.part_size_bytes, protocol.limits)),
         part_retries=run.retries, seconds=round(seconds, 3), mib_per_s=round(rate, 2),
-        upload_id=done.upload_id, etag=done.etag, resumed=run.resumed, fallback_used=False,
+        upload_id=done.upload_id, etag=done.etag, resumed=run.resumed,
+        fallback_used=fallback_reason is not None, fallback_reason=fallback_reason,
     )
+
+
+def _fallback_reason(exc: UploadFailed, run: _Upload, started: float) -> dict[str, Any] | None:
+    """Diagnostics when the async path died of the network (not a 4xx, not a changed file)
+    and the fallback is allowed; None when the failure should stand."""
+    cause = exc.__cause__
+    network = isinstance(cause, TransientError) and cause.status is None
+    if run.options.fallback != "auto" or not network:
+        return None
+    info = diagnose(exc, attempts=run.policy.attempts, tls=run.transport.tls_info)
+    lines = [
+        "=" * 60,
+        "ASYNC UPLOAD FAILED AFTER ALL RETRIES",
+        f"  file: {os.path.basename(run.identity.path)} ({mb(run.identity.size)})",
+        f"  time spent on async attempts: {time.monotonic() - started:.1f}s",
+        *format_block(info),
+        "Falling back to synchronous upload...",
+        "=" * 60,
+    ]
+    for line in lines:
+        log.warning("%s", line)
+    return info
+
+
+async def _fallback(run: _Upload) -> Completed:
+    await run.checkpoint(force=True)
+    done = await asyncio.to_thread(single_shot_upload, run.protocol, run.identity, run.options, run.store)
+    run.manifest = None
+    run.progress.commit(run.identity.size - run.progress.done)
+    run.bytes_sent += run.identity.size
+    return done
 
 
 async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
@@ -306,7 +369,8 @@ async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
     try:
         return await flow
     except TransientError as exc:
-        raise UploadFailed(f"upload failed after {run.policy.attempts} attempts: {exc}; {RESUME_HINT}") from exc
+        raise UploadFailed(
+            f"upload failed after {run.policy.attempts} attempts: {exc}; {RESUME_HINT}") from exc
     except SessionLost as exc:
         raise UploadFailed(f"the server lost the upload again ({exc}); {RESUME_HINT}") from exc
 

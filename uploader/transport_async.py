@@ -97,15 +97,25 @@ class AsyncTransport:
         self._limit = concurrency + 2
         self._force_close = force_close
         self._session: aiohttp.ClientSession | None = None
+        # TLS version and cipher of the last good connection, for diagnostics.
+        self.tls_info: dict[str, str] = {}
 
     async def __aenter__(self) -> AsyncTransport:
         connector = aiohttp.TCPConnector(
-            ssl=self._ssl, limit=self._limit, force_close=self._force_close, enable_cleanup_closed=True
+            ssl=self._ssl, limit=self._limit, force_close=self._force_close,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=True
         )
         return self
+
+    def _note_tls(self, resp: aiohttp.ClientResponse) -> None:
+        if self.tls_info or resp.connection is None or resp.connection.transport is None:
+            return
+        sslobj = resp.connection.transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            cipher = sslobj.cipher()
+            self.tls_info = {"version": str(sslobj.version()), "cipher": cipher[0] if cipher else ""}
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -146,6 +156,7 @@ class AsyncTransport:
                 req.method, URL(req.url, encoded=True), headers=headers, data=body
             ) as resp:
                 data = await resp.content.read(MAX_RESPONSE)
+                self._note_tls(resp)
                 return HttpResponse(resp.status, lower_headers(dict(resp.headers)), data)
         except (aiohttp.ClientError, ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
             raise classify_exception(exc, req.label or req.method) from exc

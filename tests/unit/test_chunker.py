@@ -4,6 +4,7 @@ and against hashlib/xxhash computed independently here."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def test_plan_for_60_gib_sparse_file_stays_within_s3_limits(tmp_path: Path) -> N
     assert 0 < parts[-1].length <= 5 * GiB
     assert sum(p.length for p in parts) == size
     assert [p.number for p in parts] == list(range(1, len(parts) + 1))
-    assert all(a.end == b.offset for a, b in zip(parts, parts[1:]))
+    assert all(a.end == b.offset for a, b in itertools.pairwise(parts))
 
 
 @pytest.mark.parametrize("size", [0, 1, 16 * MiB - 1, 16 * MiB, 16 * MiB + 1, 3 * 16 * MiB + 12345])

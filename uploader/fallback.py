@@ -1,0 +1,67 @@
+"""The last resort: the whole file in one synchronous request, as the original system did."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chunker import digest_range
+from resume import FileIdentity, ManifestStore
+from uploader.config import UploadOptions
+from uploader.errors import RESUME_HINT, FallbackUnavailable, TransientError, UploadFailed
+from uploader.source import mb
+from uploader.targets.base import Completed, MultipartProtocol
+from uploader.transport_sync import SyncTransport, sync_deadline
+
+log = logging.getLogger(__name__)
+
+
+def single_shot_upload(
+    protocol: MultipartProtocol,
+    identity: FileIdentity,
+    options: UploadOptions,
+    store: ManifestStore,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Completed:
+    """3 attempts, 5 s apart, each under a wall-clock deadline. On success the leftover
+    multipart upload is aborted and the manifest removed; on failure both stay."""
+    size = identity.size
+    if size > protocol.single_shot_max:
+        raise FallbackUnavailable(
+            f"no single-shot upload exists for {mb(size)} on {protocol.kind} "
+            f"(limit {mb(protocol.single_shot_max)}); the manifest is kept, {RESUME_HINT}")
+    transport = SyncTransport(ca_bundle=options.ca_bundle, connect_timeout=options.connect_timeout,
+                              stall_timeout=options.stall_timeout)
+    digest = digest_range(identity.path, 0, size, protocol.part_digests)
+    deadline = options.sync_deadline or sync_deadline(size)
+    log.info("Upload timeout set to %ds for %s file", int(deadline), mb(size))
+    last: Exception | None = None
+    for attempt in range(1, options.sync_attempts + 1):
+        log.info("Sync upload attempt %d/%d...", attempt, options.sync_attempts)
+        try:
+            done = protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
+        except TransientError as exc:
+            last = exc
+            log.warning("Sync upload attempt %d/%d failed: %s", attempt, options.sync_attempts, exc)
+            if attempt < options.sync_attempts:
+                sleep(options.sync_delay)
+            continue
+        _forget_multipart(protocol, store, transport)
+        return done
+    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
+                       f"the manifest is kept, {RESUME_HINT}")
+
+
+def _forget_multipart(protocol: MultipartProtocol, store: ManifestStore, transport: SyncTransport) -> None:
+    """No orphaned parts: abort the chunked upload the single shot replaced."""
+    manifest, _ = store.load_or_none()
+    session: dict[str, Any] = manifest.session if manifest else {}
+    if session:
+        try:
+            resp = transport.send(protocol.abort(session), 60.0)
+            log.info("Aborted the unfinished chunked upload (HTTP %d)", resp.status)
+        except UploadFailed as exc:
+            log.warning("Could not abort the unfinished chunked upload: %s", exc)
+    store.delete()

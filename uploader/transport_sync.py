@@ -1,0 +1,128 @@
+"""The requests single-shot path: one request, streamed from disk, under a wall-clock deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from uploader.errors import PermanentError, TransientError
+from uploader.redact import redact_text
+from uploader.tls import make_ssl_context
+from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
+
+MiB = 1024 * 1024
+
+
+def sync_deadline(size: int) -> float:
+    """The original system's rule: 10 s per MB, clamped to [5 min, 30 min]."""
+    return min(max(10.0 * size / MiB, 300.0), 1800.0)
+
+
+class _SliceReader:
+    """A file-like body of known length, so requests sends Content-Length, not chunked."""
+
+    def __init__(self, piece: FileSlice) -> None:
+        self._fh = open(piece.path, "rb")  # noqa: SIM115 - closed by close()
+        self._fh.seek(piece.offset)
+        self._left = piece.length
+
+    def __len__(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Remembers its sockets so a watchdog can cut them: requests' `timeout` only bounds
+    the gap between bytes, and a server trickling 1 byte/s would never trip it."""
+
+    def __init__(self, ca_bundle: str | None) -> None:
+        self.connections: list[Any] = []
+        self._ssl = make_ssl_context(ca_bundle)
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, ssl_context=self._ssl, **kw)
+        sink = self.connections
+
+        class _HTTP(HTTPConnectionPool):
+            def _new_conn(self) -> Any:
+                conn = super()._new_conn()
+                sink.append(conn)
+                return conn
+
+        class _HTTPS(HTTPSConnectionPool):
+            def _new_conn(self) -> Any:
+                conn = super()._new_conn()
+                sink.append(conn)
+                return conn
+
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTP, "https": _HTTPS}
+
+    def cut(self) -> None:
+        for conn in self.connections:
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class SyncTransport:
+    def __init__(self, *, ca_bundle: str | None, connect_timeout: float, stall_timeout: float) -> None:
+        self.ca_bundle = ca_bundle
+        self.timeouts = (connect_timeout, stall_timeout)
+
+    def send(self, req: HttpRequest, deadline: float | None = None) -> HttpResponse:
+        """One attempt on a fresh session and connection, abandoned at `deadline` seconds."""
+        adapter = _DeadlineAdapter(self.ca_bundle)
+        session = requests.Session()
+        session.trust_env = True
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        expired = threading.Event()
+
+        def _expire() -> None:
+            expired.set()
+            adapter.cut()
+
+        timer = threading.Timer(deadline, _expire) if deadline else None
+        body: Any = _SliceReader(req.body) if isinstance(req.body, FileSlice) else req.body
+        started = time.monotonic()
+        try:
+            if timer:
+                timer.start()
+            resp = session.request(req.method, req.url, headers=dict(req.headers), data=body,
+                                   timeout=self.timeouts, verify=self.ca_bundle or True)
+            return HttpResponse(resp.status_code, lower_headers(dict(resp.headers)), resp.content)
+        except requests.exceptions.SSLError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
+                raise PermanentError(f"{req.label}: TLS certificate rejected: {redact_text(str(exc))}") from exc
+            raise TransientError(f"{req.label}: TLS error: {redact_text(str(exc))}", cause=exc) from exc
+        except (requests.RequestException, OSError) as exc:
+            if expired.is_set():
+                raise TransientError(
+                    f"{req.label}: deadline of {deadline:.0f}s reached after "
+                    f"{time.monotonic() - started:.0f}s", cause=exc) from exc
+            raise TransientError(f"{req.label}: {type(exc).__name__}: {redact_text(str(exc))}",
+                                 cause=exc) from exc
+        finally:
+            if timer:
+                timer.cancel()
+            if isinstance(body, _SliceReader):
+                body.close()
+            session.close()
+
