@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError, SSLError
 
-from tests.servers.seaweed import SeaweedFS
+from tests.servers.seaweed import SeaweedFS, SeaweedStartError
 
 MiB = 1 << 20
 MIN_PART = 5 * MiB
@@ -34,6 +35,23 @@ def b64md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
+def put_part(sw: SeaweedFS, key: str, upload_id: str, number: int, body: bytes) -> str:
+    """UploadPart via botocore; returns the part's ETag."""
+    resp = sw.s3.upload_part(
+        Bucket=sw.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+    )
+    return str(resp["ETag"])
+
+
+def complete(sw: SeaweedFS, key: str, upload_id: str, parts: list[tuple[int, str]]) -> Any:
+    return sw.s3.complete_multipart_upload(
+        Bucket=sw.bucket,
+        Key=key,
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+    )
+
+
 def multipart_etag(*parts: bytes) -> str:
     joined = b"".join(hashlib.md5(p).digest() for p in parts)
     return f'"{hashlib.md5(joined).hexdigest()}-{len(parts)}"'
@@ -45,12 +63,8 @@ def test_multipart_upload_roundtrip(seaweed: SeaweedFS) -> None:
 
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     assert [u["UploadId"] for u in seaweed.list_multipart_uploads(key)] == [upload_id]
-    etag1 = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=p1)[
-        "ETag"
-    ]
-    etag2 = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=2, Body=p2)[
-        "ETag"
-    ]
+    etag1 = put_part(seaweed, key, upload_id, 1, p1)
+    etag2 = put_part(seaweed, key, upload_id, 2, p2)
     # A part's ETag is the quoted hex md5 of its bytes.
     assert etag1 == f'"{hashlib.md5(p1).hexdigest()}"'
     assert etag2 == f'"{hashlib.md5(p2).hexdigest()}"'
@@ -62,12 +76,7 @@ def test_multipart_upload_roundtrip(seaweed: SeaweedFS) -> None:
         (2, etag2, len(p2)),
     ]
 
-    done = s3.complete_multipart_upload(
-        Bucket=bucket,
-        Key=key,
-        UploadId=upload_id,
-        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag1}, {"PartNumber": 2, "ETag": etag2}]},
-    )
+    done = complete(seaweed, key, upload_id, [(1, etag1), (2, etag2)])
     assert done["ETag"] == multipart_etag(p1, p2)
     assert (done["Bucket"], done["Key"]) == (bucket, key)
     assert done["Location"] == f"{seaweed.endpoint}/{bucket}/{key}"
@@ -76,16 +85,12 @@ def test_multipart_upload_roundtrip(seaweed: SeaweedFS) -> None:
     assert head is not None
     assert head["ContentLength"] == len(p1) + len(p2)
     assert head["ETag"] == done["ETag"]
-    assert seaweed.get_object_bytes_md5(key) == (len(p1) + len(p2), hashlib.md5(p1 + p2).hexdigest())
+    whole = p1 + p2
+    assert seaweed.get_object_bytes_md5(key) == (len(whole), hashlib.md5(whole).hexdigest())
 
     # SeaweedFS: completing the same upload again answers 200 with the same ETag (a retried
     # Complete after a lost response is harmless) ...
-    again = s3.complete_multipart_upload(
-        Bucket=bucket,
-        Key=key,
-        UploadId=upload_id,
-        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag1}, {"PartNumber": 2, "ETag": etag2}]},
-    )
+    again = complete(seaweed, key, upload_id, [(1, etag1), (2, etag2)])
     assert again["ETag"] == done["ETag"]
     # ... while ListParts on a completed upload is NoSuchUpload, and it is no longer listed.
     with pytest.raises(ClientError) as exc:
@@ -99,9 +104,7 @@ def test_complete_response_xml(seaweed: SeaweedFS) -> None:
     s3, bucket, key = seaweed.s3, seaweed.bucket, seaweed.unique_key("xml")
     data = os.urandom(100)
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=data)[
-        "ETag"
-    ]
+    etag = put_part(seaweed, key, upload_id, 1, data)
     body = (
         "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber>"
         f"<ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
@@ -110,7 +113,8 @@ def test_complete_response_xml(seaweed: SeaweedFS) -> None:
     r = requests.post(url, data=body, headers=seaweed.sign("POST", url, body=body), timeout=30)
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "application/xml"
-    assert r.text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult')
+    assert r.text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n')
+    assert "<CompleteMultipartUploadResult" in r.text
     # SeaweedFS escapes the ETag's quotes as &#34; inside <ETag>.
     expected_etag = multipart_etag(data).strip('"')
     assert f"<ETag>&#34;{expected_etag}&#34;</ETag>" in r.text
@@ -122,7 +126,7 @@ def test_list_parts_pagination(seaweed: SeaweedFS) -> None:
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     try:
         for n in range(1, 6):  # parts may be tiny until Complete
-            s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=b"x" * n)
+            put_part(seaweed, key, upload_id, n, b"x" * n)
         pages = []
         marker = 0
         while True:
@@ -148,26 +152,19 @@ def test_reuploaded_part_is_listed_once_per_upload(seaweed: SeaweedFS) -> None:
     s3, bucket, key = seaweed.s3, seaweed.bucket, seaweed.unique_key("dup")
     old, new, tail = os.urandom(MIN_PART), os.urandom(MIN_PART), os.urandom(10)
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    e_old = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=old)[
-        "ETag"
-    ]
-    e_new = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=new)[
-        "ETag"
-    ]
-    e_tail = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=2, Body=tail)[
-        "ETag"
-    ]
+    e_old = put_part(seaweed, key, upload_id, 1, old)
+    e_new = put_part(seaweed, key, upload_id, 1, new)
+    e_tail = put_part(seaweed, key, upload_id, 2, tail)
     listed = seaweed.list_parts(key, upload_id)
     assert sorted(p["ETag"] for p in listed if p["PartNumber"] == 1) == sorted([e_old, e_new]), (
         "SeaweedFS 4.48 lists a re-uploaded part once per upload; if this fails the quirk "
         "is gone - update this test and the S3 reconciliation notes"
     )
-    s3.complete_multipart_upload(
-        Bucket=bucket,
-        Key=key,
-        UploadId=upload_id,
-        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e_new}, {"PartNumber": 2, "ETag": e_tail}]},
-    )
+    # A retried part with the same bytes is listed twice too, with the same ETag.
+    assert put_part(seaweed, key, upload_id, 2, tail) == e_tail
+    listed = seaweed.list_parts(key, upload_id)
+    assert [p["ETag"] for p in listed if p["PartNumber"] == 2] == [e_tail, e_tail]
+    complete(seaweed, key, upload_id, [(1, e_new), (2, e_tail)])
     assert seaweed.get_object_bytes_md5(key).md5 == hashlib.md5(new + tail).hexdigest()
 
 
@@ -197,6 +194,12 @@ def test_part_rules(seaweed: SeaweedFS) -> None:
                     **kw,
                 )
             assert error_of(exc) == (400, code)
+        # SeaweedFS: an empty part list is 404 NoSuchUpload (AWS: 400 MalformedXML), yet the
+        # upload lives on. Empty files must go up as a single PutObject.
+        with pytest.raises(ClientError) as exc:
+            s3.complete_multipart_upload(MultipartUpload={"Parts": []}, **kw)
+        assert error_of(exc) == (404, "NoSuchUpload")
+        assert [p["PartNumber"] for p in seaweed.list_parts(key, upload_id)] == [1, 2, 10000]
     finally:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
@@ -273,12 +276,30 @@ def test_wrong_content_md5_is_bad_digest(seaweed: SeaweedFS) -> None:
     assert seaweed.head_object(key) is None
 
 
+def test_botocore_default_checksums(seaweed: SeaweedFS) -> None:
+    """botocore's default flexible checksums (CRC32) work, and a wrong one is refused."""
+    s3 = seaweed.client(
+        request_checksum_calculation="when_supported", response_checksum_validation="when_supported"
+    )
+    bucket, key, data = seaweed.bucket, seaweed.unique_key("crc"), b"crc32 checked"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    try:
+        resp = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=data)
+        assert resp["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+        crc32 = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        assert resp["ChecksumCRC32"] == crc32
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    with pytest.raises(ClientError) as exc:  # SeaweedFS reuses the Content-MD5 message
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumCRC32="AAAAAA==")
+    assert error_of(exc) == (400, "BadDigest")
+    assert seaweed.head_object(key) is None
+
+
 def test_no_such_upload_after_abort(seaweed: SeaweedFS) -> None:
     s3, bucket, key = seaweed.s3, seaweed.bucket, seaweed.unique_key("abort")
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x")[
-        "ETag"
-    ]
+    etag = put_part(seaweed, key, upload_id, 1, b"x")
     s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
     calls: list[Callable[[], object]] = [
@@ -394,3 +415,14 @@ def test_make_random_file(make_random_file: Callable[..., Path]) -> None:
     assert len(set(hashlib.md5(data[i : i + 4096]).digest() for i in range(0, size, 4096))) == (
         size + 4095
     ) // 4096
+
+
+def test_start_failure_is_explained(tmp_path: Path) -> None:
+    server = SeaweedFS(base_dir=tmp_path, extra_args=("-no-such-flag",))
+    with pytest.raises(SeaweedStartError) as exc:
+        server.start()
+    message = str(exc.value)
+    assert "weed mini exited with code 2" in message
+    assert "flag provided but not defined: -no-such-flag" in message  # from the log
+    assert server.pid is None
+    assert list(tmp_path.iterdir()) == []  # workdir cleaned up

@@ -30,18 +30,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple, TypeAlias
 from urllib.parse import quote
 
 import botocore.session
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
-S3Client = BaseClient  # botocore clients are generated at run time; no S3-specific type
+# botocore's S3 client methods are generated at run time; botocore-stubs types the client as
+# BaseClient without them (mypy-boto3-s3 would, but is not a dependency), hence Any.
+S3Client: TypeAlias = Any
 
 __all__ = [
     "ObjectDigest",
@@ -229,7 +230,7 @@ class SeaweedFS:
         self._weed = weed
         self._base_dir = base_dir
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
+        self._log_file: IO[bytes] | None = None
         self._client: S3Client | None = None
         self.workdir: Path | None = None
         self.log_path: Path | None = None
@@ -366,7 +367,7 @@ class SeaweedFS:
             if rc is not None:
                 raise SeaweedStartError(
                     f"weed mini exited with code {rc} before S3 was ready "
-                    f"({self.endpoint}); log {self.log_path}:\n{self.log_tail()}"
+                    f"({self.endpoint}); {self._log_excerpt()}"
                 )
             try:
                 probe.head_bucket(Bucket=self.bucket)
@@ -379,8 +380,7 @@ class SeaweedFS:
             if time.monotonic() > deadline:
                 raise SeaweedStartError(
                     f"SeaweedFS S3 at {self.endpoint} not ready after "
-                    f"{self.startup_timeout:.0f}s (last: {last}); log {self.log_path}:\n"
-                    f"{self.log_tail()}"
+                    f"{self.startup_timeout:.1f}s (last: {last}); {self._log_excerpt()}"
                 )
             time.sleep(0.1)
 
@@ -407,6 +407,16 @@ class SeaweedFS:
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+    def _log_excerpt(self, head: int = 8, tail: int = 40) -> str:
+        """First and last lines of the log, for error messages (the log dies with workdir)."""
+        if self.log_path is None or not self.log_path.exists():
+            return "no log"
+        lines = self.log_path.read_bytes()[-256 * 1024 :].decode("utf-8", "replace").splitlines()
+        if len(lines) > head + tail:
+            lines = [*lines[:head], "[...]", *lines[-tail:]]
+        where = "kept" if self.keep_workdir else "removed on stop; keep_workdir=True keeps it"
+        return f"weed log ({self.log_path}, {where}):\n" + "\n".join(lines)
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():
