@@ -473,7 +473,7 @@ class ProcoreEmulator:
         # 10,000 segments of JSON exceed aiohttp's 1 MiB default body limit.
         app = web.Application(
             client_max_size=32 * MIB,
-            middlewares=[self._record_api, self._api_errors, self._throttle, self._authenticate],
+            middlewares=[self._record_api, self._api_errors, self._throttle],
         )
         v11 = "/rest/v1.1"
         v21 = "/rest/v2.1/companies/{cid:\\d+}/projects/{pid:\\d+}/uploads"
@@ -549,11 +549,6 @@ class ProcoreEmulator:
         self._apply_faults()
         return await handler(request)
 
-    @web.middleware
-    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["user_id"] = self._user_for(request.headers.get("Authorization"))
-        return await handler(request)
-
     def _apply_faults(self) -> None:
         with self._lock:
             faults = self._faults
@@ -618,7 +613,8 @@ class ProcoreEmulator:
         return info.user_id
 
     def _caller(self, request: web.Request) -> _Caller:
-        """Resolve the company (header) and project (path) the call acts in."""
+        """Authenticate, then resolve the company (header) and project (path) of the call."""
+        user_id = self._user_for(request.headers.get("Authorization"))
         header = request.headers.get("Procore-Company-Id")
         if header is None or not header.strip().isdigit():
             raise ApiError(400, MISSING_COMPANY_HEADER, body=MISSING_COMPANY_HEADER.encode(),
@@ -636,7 +632,7 @@ class ProcoreEmulator:
         # trouble.md "404 on a resource that exists": 404 when the user cannot see it at all.
         if project_id is not None and project_id not in self._companies[company_id]:
             raise ApiError(404, "Project not found")
-        return _Caller(request["user_id"], company_id, project_id)
+        return _Caller(user_id, company_id, project_id)
 
     # -- shared helpers -----------------------------------------------------------------------
 
