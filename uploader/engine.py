@@ -33,7 +33,7 @@ from uploader.retry import RetryPolicy
 from uploader.source import mb, open_source
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_async import AsyncTransport
-from uploader.wire import HttpRequest, HttpResponse
+from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +94,8 @@ class _Upload:
         async for attempt in retrying:
             with attempt:
                 request = build()
-                self.bytes_sent += request.body_length
+                if isinstance(request.body, FileSlice):  # file bytes only, retries included
+                    self.bytes_sent += request.body_length
                 return parse(await self.transport.send(request))
         raise AssertionError("unreachable: tenacity reraises the last error")
 

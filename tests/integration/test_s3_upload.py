@@ -1,0 +1,250 @@
+"""The walking skeleton against real SeaweedFS: uploads, kill -9 and resume, bad input.
+
+Expected values come from the server (ListParts, GetObject) and from the file on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cli import REPO, cli_args, manifests, popen_cli, run_cli, s3_env
+
+MiB = 1 << 20
+
+
+def md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        while block := fh.read(8 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+@pytest.fixture
+def env(seaweed: Any, tmp_path: Path) -> dict[str, str]:
+    return s3_env(seaweed, tmp_path)
+
+
+def _dest(seaweed: Any, name: str) -> str:
+    return f"s3://{seaweed.bucket}/{seaweed.unique_key(name)}"
+
+
+def _key(dest: str) -> str:
+    return dest.split("/", 3)[3]
+
+
+def _wait_for_parts(seaweed: Any, state: Path, key: str, want: int, proc: Any) -> list[dict[str, Any]]:
+    """Poll the server until it holds `want` parts of the upload the manifest names."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "upload finished before it could be interrupted"
+        found = manifests(state)
+        if found and found[0]["session"].get("upload_id"):
+            parts = seaweed.list_parts(key, found[0]["session"]["upload_id"])
+            if len(parts) >= want:
+                return list(parts)
+        time.sleep(0.05)
+    raise AssertionError("the server never reached the wanted part count")
+
+
+def _kill_midway(seaweed: Any, env: dict[str, str], src: Path, dest: str, state: Path,
+                 fraction: float, part_size: int, *extra: str) -> tuple[str, int]:
+    proc = popen_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                     "--part-size", str(part_size), *extra, env=env)
+    total_parts = -(-src.stat().st_size // part_size)
+    _wait_for_parts(seaweed, state, _key(dest), int(total_parts * fraction) + 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    upload_id = manifests(state)[0]["session"]["upload_id"]
+    on_server = sum(p["Size"] for p in seaweed.list_parts(_key(dest), upload_id))
+    return upload_id, on_server
+
+
+@pytest.mark.slow
+def test_600mib_killed_and_resumed(seaweed: Any, env: dict[str, str], make_random_file: Callable[..., Path],
+                                   tmp_path: Path) -> None:
+    src = make_random_file("big.bin", 600 * MiB)
+    dest, state, part_size, concurrency = _dest(seaweed, "big"), tmp_path / "state", 16 * MiB, 8
+    upload_id, on_server = _kill_midway(seaweed, env, src, dest, state, 0.3, part_size)
+    assert on_server >= 0.3 * src.stat().st_size
+
+    second = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                     "--json", "--concurrency", str(concurrency), env=env)
+    assert second.code == 0, second.stderr
+    summary = second.summary
+    assert summary["resumed"] is True
+    assert summary["upload_id"] == upload_id
+    assert summary["bytes_sent"] <= src.stat().st_size - on_server + concurrency * part_size
+    assert summary["bytes_resumed"] >= on_server - concurrency * part_size
+    assert seaweed.get_object_bytes_md5(_key(dest)).md5 == md5_file(src)
+    assert manifests(state) == []  # removed once the server confirmed the object
+    assert seaweed.list_multipart_uploads(_key(dest)) == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 3 * 5 * MiB + 12345])
+def test_sizes_round_trip(seaweed: Any, env: dict[str, str], make_random_file: Callable[..., Path],
+                          tmp_path: Path, size: int) -> None:
+    src = make_random_file(f"f{size}.bin", size)
+    dest = _dest(seaweed, f"size{size}")
+    run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--part-size", "5MiB",
+                  "--state-dir", str(tmp_path / "state"), "--json", env=env)
+    assert run.code == 0, run.stderr
+    got = seaweed.get_object_bytes_md5(_key(dest))
+    assert (got.size, got.md5) == (size, md5_file(src))
+    if size < 5 * MiB:  # single PutObject: a plain md5 ETag, never a multipart "-N" one
+        assert "-" not in seaweed.head_object(_key(dest))["ETag"]
+    assert seaweed.list_multipart_uploads(_key(dest)) == []
+
+
+class _CountingListener:
+    """A port that counts connection attempts: proves no request was sent."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def accepted(self) -> int:
+        count = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+
+def test_changed_file_refuses_to_resume_without_sending(seaweed: Any, env: dict[str, str],
+                                                        make_random_file: Callable[..., Path],
+                                                        tmp_path: Path) -> None:
+    src = make_random_file("c.bin", 120 * MiB)
+    dest, state = _dest(seaweed, "changed"), tmp_path / "state"
+    _kill_midway(seaweed, env, src, dest, state, 0.3, 5 * MiB, "--concurrency", "2")
+    with src.open("r+b") as fh:  # same size, one byte different
+        fh.seek(77)
+        old = fh.read(1)
+        fh.seek(77)
+        fh.write(bytes([old[0] ^ 0xFF]))
+    listener = _CountingListener()
+    run = run_cli("upload", str(src), dest, "--endpoint-url", listener.url, "--state-dir", str(state), env=env)
+    assert run.code == 2
+    assert "--restart" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert listener.accepted() == 0
+    assert len(manifests(state)) == 1  # kept: the user decides
+
+
+def test_server_side_abort_starts_new_upload_once(seaweed: Any, env: dict[str, str],
+                                                  make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_random_file("a.bin", 100 * MiB)
+    dest, state = _dest(seaweed, "aborted"), tmp_path / "state"
+    upload_id, _ = _kill_midway(seaweed, env, src, dest, state, 0.3, 5 * MiB, "--concurrency", "2")
+    seaweed.s3.abort_multipart_upload(Bucket=seaweed.bucket, Key=_key(dest), UploadId=upload_id)
+    run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                  "--json", env=env)
+    assert run.code == 0, run.stderr
+    assert sum("no longer has" in line for line in run.stderr.splitlines()) == 1
+    assert run.summary["upload_id"] != upload_id
+    assert seaweed.get_object_bytes_md5(_key(dest)).md5 == md5_file(src)
+
+
+def test_two_runs_on_one_file_second_fails_fast(seaweed: Any, env: dict[str, str],
+                                                make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_random_file("two.bin", 200 * MiB)
+    dest, state = _dest(seaweed, "two"), tmp_path / "state"
+    args = ("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+            "--part-size", "5MiB", "--concurrency", "2")
+    first = popen_cli(*args, env=env)
+    _wait_for_parts(seaweed, state, _key(dest), 1, first)
+    started = time.monotonic()
+    second = run_cli(*args, env=env)
+    assert time.monotonic() - started < 15
+    assert second.code == 1
+    assert f"process {first.pid}" in second.stderr
+    assert first.wait(timeout=300) == 0
+    assert seaweed.get_object_bytes_md5(_key(dest)).md5 == md5_file(src)
+
+
+def test_state_is_private_and_secret_free(seaweed: Any, env: dict[str, str],
+                                          make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_random_file("s.bin", 60 * MiB)
+    dest, state = _dest(seaweed, "secret"), tmp_path / "state"
+    env = dict(env)
+    _, _ = _kill_midway(seaweed, env, src, dest, state, 0.2, 5 * MiB, "--concurrency", "1", "-v")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    manifest_files = list(state.glob("*.json"))
+    assert len(manifest_files) == 1 and stat.S_IMODE(manifest_files[0].stat().st_mode) == 0o600
+    manifest_text = manifest_files[0].read_text()
+    run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                  "--json", "-vv", env=env)
+    assert run.code == 0, run.stderr
+    for text in (manifest_text, run.stdout, run.stderr):
+        assert seaweed.secret_key not in text
+        assert "Signature=" not in text and "X-Amz-Signature" not in text
+        assert "AWS4-HMAC-SHA256 Credential" not in text
+
+
+def _one_line_error(run: Any) -> None:
+    assert "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("chunkhaul: error:")]
+    assert len(errors) == 1, run.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "phrase"),
+    [("missing", 2, "no such file"), ("directory", 2, "is a directory"),
+     ("no-key", 2, "no object key"), ("scheme", 2, "unknown destination")],
+)
+def test_bad_input(seaweed: Any, env: dict[str, str], tmp_path: Path, case: str, code: int, phrase: str) -> None:
+    src, dest = tmp_path / "x.bin", _dest(seaweed, "bad")
+    src.write_bytes(b"hello")
+    if case == "missing":
+        src = tmp_path / "nope.bin"
+    elif case == "directory":
+        src = tmp_path
+    elif case == "no-key":
+        dest = f"s3://{seaweed.bucket}"
+    elif case == "scheme":
+        dest = "gopher://host/file"
+    run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint,
+                  "--state-dir", str(tmp_path / "state"), env=env)
+    assert run.code == code, run.stderr
+    assert phrase in run.stderr
+    _one_line_error(run)
+
+
+def test_unreadable_file(seaweed: Any, env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "secret.bin"
+    src.write_bytes(b"x" * 100)
+    src.chmod(0)
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that let it
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    proc = subprocess.run([*prefix, *cli_args("upload", str(src), _dest(seaweed, "unreadable"), "--endpoint-url",
+                                              seaweed.endpoint, "--state-dir", str(tmp_path / "state"))],
+                          env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_wrong_secret_is_not_retried(seaweed: Any, tmp_path: Path, make_random_file: Callable[..., Path]) -> None:
+    src = make_random_file("w.bin", 6 * MiB)
+    env = s3_env(seaweed, tmp_path, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    run = run_cli("upload", str(src), _dest(seaweed, "wrong"), "--endpoint-url", seaweed.endpoint,
+                  "--part-size", "5MiB", "--state-dir", str(tmp_path / "state"), env=env)
+    assert run.code == 1, run.stderr
+    assert "403" in run.stderr
+    assert "Retrying" not in run.stderr
+    _one_line_error(run)
