@@ -289,6 +289,24 @@ def test_v21_patch_checks_the_object_against_declared_checksums(
     assert r.status_code == 422 and "checksum" in r.text
     assert v21_get(procore, created["upload_id"])["status"] == "failed"
     assert seaweed.head_object(upload.key) is None
+    assert v21_patch(procore, created["upload_id"], [etag]).status_code == 422
+
+
+def test_expired_upload_is_gone_from_api_and_storage(
+    procore: ProcoreEmulator, seaweed: SeaweedFS
+) -> None:
+    parts = parts_of(5 * MIB + 1, 10)
+    created = create_v21(procore, parts)
+    key = procore.object_key(created["upload_id"])
+    procore.expire_upload(created["upload_id"])
+
+    r = put_part(created["segments"][0], parts[0])
+    assert r.status_code == 404 and s3_error_code(r) == "NoSuchUpload"
+    r = requests.get(f"{procore.base_url}{V21}/{created['upload_id']}", headers=api_headers(),
+                     timeout=TIMEOUT)
+    assert r.status_code == 404
+    assert v21_patch(procore, created["upload_id"], ["0" * 32, None]).status_code == 404
+    assert not seaweed.list_multipart_uploads(prefix=key)
 
 
 # -- single-shot POST form ------------------------------------------------------------------------

@@ -402,6 +402,17 @@ class ProcoreEmulator:
         with self._lock:
             self._tokens[token] = _Token(user_id, expires_at)
 
+    def expire_upload(self, upload_id: str) -> None:
+        """Let an upload lapse (unified.md "Uploads expire"; uploads.md: deleted after a
+        week): its S3 multipart upload is aborted, so storage answers 404 NoSuchUpload and
+        the API answers 404. For testing a client's "session lost" path."""
+        with self._lock:
+            upload = self._uploads[upload_id]
+            upload.status = "expired"
+        if upload.s3_upload_id:
+            self.s3.abort_multipart_upload(Bucket=self.storage.bucket, Key=upload.key,
+                                           UploadId=upload.s3_upload_id)
+
     def expire_token(self, token: str) -> None:
         with self._lock:
             self._tokens[token].expires_at = time.time() - 1
@@ -652,11 +663,20 @@ class ProcoreEmulator:
             raise ApiError(404, "Upload not found")
         if caller.project_id is not None and upload.project_id != caller.project_id:
             raise ApiError(404, "Upload not found")
+        # unified.md "Important Considerations": expired uploads are deleted.
+        if upload.status == "expired":
+            raise ApiError(404, "Upload not found")
         # uploads.md "IMPORTANT CONSIDERATIONS" / unified.md "Important Considerations":
         # only the user who created the upload can use it.
         if upload.user_id != caller.user_id:
             raise ApiError(403, "Only the user who created this upload can use it")
         return upload
+
+    @staticmethod
+    def _refuse_failed(upload: Upload) -> None:
+        if upload.status == "failed":
+            raise ApiError(422, f"Upload failed verification ({upload.failure}); "
+                                "create a new upload")
 
     def _upload_lock(self, upload_id: str) -> asyncio.Lock:
         return self._upload_locks.setdefault(upload_id, asyncio.Lock())
@@ -801,6 +821,7 @@ class ProcoreEmulator:
         body = await self._json(request)
         etags = self._v11_etags(body.get("segments"), len(upload.segments))
         async with self._upload_lock(upload.upload_id):
+            self._refuse_failed(upload)
             if upload.status != "complete":
                 await self._finalize(upload, etags)
             elif [s.etag for s in upload.segments] != etags:
@@ -865,13 +886,16 @@ class ProcoreEmulator:
             raw = [{"size": file_size, "sha256": sha256, "md5": md5}]
         segments = self._parse_segments(raw)
         self._check_v21_sizes(segments, file_size)
+        part_size = body.get("part_size")
+        if part_size is not None and (not isinstance(part_size, int) or part_size <= 0):
+            raise ApiError(400, "part_size must be a positive integer")
         upload_id = _new_id()
         key = f"companies/{caller.company_id}/projects/{caller.project_id}/{upload_id}"
         s3_id = await self._new_multipart(key, content_type, file_name)
         upload = Upload(upload_id, "v2.1", caller.user_id, caller.company_id,
                         caller.project_id, key, s3_id, segments, time.time(),
                         file_name=file_name, content_type=content_type, file_size=file_size,
-                        sha256=sha256, md5=md5, part_size=body.get("part_size"))
+                        sha256=sha256, md5=md5, part_size=part_size)
         self._register(upload)
         # unified.md Step 2 "Response (201 Created)": a JSON:API-style "data" wrapper.
         return web.json_response({"data": self._v21_created_body(upload)}, status=201)
@@ -912,6 +936,7 @@ class ProcoreEmulator:
         body = await self._json(request)
         etags = self._v21_etags(body.get("part_etags"), len(upload.segments))
         async with self._upload_lock(upload.upload_id):
+            self._refuse_failed(upload)
             if upload.status in ("complete", "available"):
                 if [s.etag for s in upload.segments] != etags:
                     raise ApiError(422, "Upload is already complete with other ETags")
@@ -1066,10 +1091,12 @@ class ProcoreEmulator:
 
     async def _storage_put_part(self, request: web.Request) -> web.StreamResponse:
         self._refuse_authorization(request)
-        number = int(request.query.get("partNumber", "0") or 0)
+        part_number = request.query.get("partNumber", "")
+        number = int(part_number) if part_number.isdigit() else 0
         with self._lock:
             upload = self._by_s3_upload.get(request.query.get("uploadId", ""))
-        if upload is None or not 1 <= number <= len(upload.segments):
+        if (upload is None or upload.status == "expired"
+                or not 1 <= number <= len(upload.segments)):
             raise StorageError(404, "NoSuchUpload", "The specified upload does not exist.")
         if request.content_length is None:
             raise StorageError(411, "MissingContentLength",
