@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from resume.manifest import PartRecord
@@ -21,7 +21,7 @@ def _norm(etag: str) -> str:
 
 def reconcile(
     parts: list[PartRecord],
-    server: Mapping[int, ServerPart],
+    server: Mapping[int, Sequence[ServerPart]],
     local_etag: Callable[[PartRecord], str | None],
 ) -> list[PartRecord]:
     """Mark parts done exactly when the server holds them intact; return the ones to send.
@@ -30,18 +30,19 @@ def reconcile(
     is sent again. A part the server has but the manifest never recorded (the
     process died between the server's reply and the manifest write) is kept only
     if its ETag equals the digest of our local bytes (`local_etag`), so a stale or
-    foreign part is never trusted.
+    foreign part is never trusted. A server may list a part number more than once
+    (SeaweedFS keeps every re-upload); any matching copy will do.
     """
     todo: list[PartRecord] = []
     for part in parts:
-        held = server.get(part.number)
-        if held is None or held.size != part.length:
-            part.etag = None
-        elif part.etag is not None and _norm(part.etag) == _norm(held.etag):
-            part.etag = held.etag
-        else:
+        held = {_norm(p.etag): p.etag for p in server.get(part.number, ()) if p.size == part.length}
+        if part.etag is not None and _norm(part.etag) in held:
+            part.etag = held[_norm(part.etag)]
+        elif held:
             expected = local_etag(part)
-            part.etag = held.etag if expected and _norm(expected) == _norm(held.etag) else None
+            part.etag = held.get(_norm(expected)) if expected else None
+        else:
+            part.etag = None
         if part.etag is None:
             todo.append(part)
     return todo

@@ -82,7 +82,7 @@ def wait_and_kill(proc: subprocess.Popen[bytes], s3: SeaweedFS, state: Path, key
         if upload_id and len(s3.list_parts(key, upload_id)) >= parts:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return sum(p["Size"] for p in s3.list_parts(key, upload_id))
+            return sum({p["PartNumber"]: p["Size"] for p in s3.list_parts(key, upload_id)}.values())
         time.sleep(0.05)
     raise SystemExit("the upload finished before the demo could interrupt it")
 

@@ -173,13 +173,14 @@ class _Upload:
         digest = digest_range(self.identity.path, record.offset, record.length, self.protocol.part_digests)
         return self.protocol.local_etag(digest)
 
-    async def server_parts(self, manifest: Manifest) -> dict[int, ServerPart]:
-        found: dict[int, ServerPart] = {}
+    async def server_parts(self, manifest: Manifest) -> dict[int, list[ServerPart]]:
+        found: dict[int, list[ServerPart]] = {}
         marker: str | None = None
         while True:
             listing = await self.call(partial(self.protocol.list_parts, manifest.session, marker),
                                       self.protocol.parse_list_parts)
-            found.update((p.number, p) for p in listing.parts)
+            for p in listing.parts:
+                found.setdefault(p.number, []).append(p)
             if listing.next_marker is None or listing.next_marker == marker:
                 return found
             marker = listing.next_marker
@@ -263,11 +264,20 @@ async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
         raise
 
 
-async def upload_async(options: UploadOptions | None = None, /, *, show_bar: bool = False,
-                       **kwargs: Any) -> UploadResult:
-    """Upload one file; see UploadOptions for the options (also accepted as keywords)."""
-    if options is None:
-        options = UploadOptions.build(**kwargs)
+def _as_options(source: UploadOptions | str, destination: str | None, kwargs: dict[str, Any]) -> UploadOptions:
+    if isinstance(source, UploadOptions):
+        if destination is not None or kwargs:
+            raise UsageError("pass either an UploadOptions object or source, destination and keywords")
+        return source
+    if destination is None:
+        raise UsageError("a destination is required, e.g. s3://BUCKET/KEY")
+    return UploadOptions.build(str(source), destination, **kwargs)
+
+
+async def upload_async(source: UploadOptions | str, destination: str | None = None, /, *,
+                       show_bar: bool = False, **kwargs: Any) -> UploadResult:
+    """Upload one file: `upload_async(options)` or `upload_async(path, dest, **options)`."""
+    options = _as_options(source, destination, kwargs)
     identity = open_source(options.source)
     protocol = build_protocol(options, identity.path)
     store = ManifestStore(options.state_path, identity.path, protocol.destination())
@@ -376,6 +386,6 @@ async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
         raise UploadFailed(f"the server lost the upload again ({exc}); {RESUME_HINT}") from exc
 
 
-def upload(options: UploadOptions | None = None, /, **kwargs: Any) -> UploadResult:
+def upload(source: UploadOptions | str, destination: str | None = None, /, **kwargs: Any) -> UploadResult:
     """Blocking form of upload_async."""
-    return asyncio.run(upload_async(options, **kwargs))
+    return asyncio.run(upload_async(source, destination, **kwargs))

@@ -66,7 +66,8 @@ def _kill_midway(seaweed: Any, env: dict[str, str], src: Path, dest: str, state:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     upload_id = manifests(state)[0]["session"]["upload_id"]
-    on_server = sum(p["Size"] for p in seaweed.list_parts(_key(dest), upload_id))
+    # SeaweedFS lists a re-uploaded part once per upload: count each part number once.
+    on_server = sum({p["PartNumber"]: p["Size"] for p in seaweed.list_parts(_key(dest), upload_id)}.values())
     return upload_id, on_server
 
 

@@ -125,9 +125,10 @@ def test_reconcile_trusts_server_and_verifies_unrecorded_parts() -> None:
     parts[0].etag = _md5(chunks[0])  # recorded and on the server
     parts[2].etag = "stale"  # recorded but the server lost it
     server = {
-        1: ServerPart(1, 5, f'"{_md5(chunks[0])}"'),
-        2: ServerPart(2, 5, _md5(chunks[1])),  # on the server, never recorded: verified by md5
-        4: ServerPart(4, 2, _md5(b"XX")),  # on the server but other bytes: resend
+        1: [ServerPart(1, 5, f'"{_md5(chunks[0])}"')],
+        # on the server twice (a re-upload), never recorded: verified by md5
+        2: [ServerPart(2, 5, _md5(b"zzzzz")), ServerPart(2, 5, _md5(chunks[1]))],
+        4: [ServerPart(4, 2, _md5(b"XX"))],  # on the server but other bytes: resend
     }
     todo = reconcile(parts, server, lambda p: _md5(chunks[p.number - 1]))
     assert [p.number for p in todo] == [3, 4]

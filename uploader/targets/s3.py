@@ -104,6 +104,7 @@ class S3Protocol:
     limits: PartLimits = PartLimits()
     part_digests: tuple[str, ...] = ("md5",)
     single_shot_max: int = 5 * GiB
+    list_page_size: int = 1000  # S3's maximum; smaller only to exercise paging in tests
 
     def __init__(
         self,
@@ -167,9 +168,9 @@ class S3Protocol:
         return {"upload_id": upload_id}
 
     def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest:
-        query = f"max-parts=1000&uploadId={quote(session['upload_id'], safe='')}"
-        if marker:
-            query = f"max-parts=1000&part-number-marker={marker}&uploadId={quote(session['upload_id'], safe='')}"
+        # Query keys in sorted order: SigV4's canonical query string wants them so.
+        marker_q = f"part-number-marker={marker}&" if marker else ""
+        query = f"max-parts={self.list_page_size}&{marker_q}uploadId={quote(session['upload_id'], safe='')}"
         return self._signed("GET", query, label="ListParts")
 
     def parse_list_parts(self, resp: HttpResponse) -> PartListing:

@@ -1,0 +1,486 @@
+"""tus orchestration: OPTIONS once, then create or resume (HEAD), then PATCH chunk after
+chunk on one upload - or, when the server offers concatenation, several partial uploads in
+parallel and a final upload that joins them. Plus the tus form of the sync fallback.
+
+The server's offset is the only truth: every PATCH continues from the offset the server
+last reported, and after any failed PATCH we HEAD before sending again, because a failed
+request may still have written part of its body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from chunker import MiB, digest_range
+from resume import FileIdentity, Manifest, ManifestStore
+from uploader.config import UploadOptions
+from uploader.errors import RESUME_HINT, PermanentError, SessionLost, TransientError, UploadFailed
+from uploader.redact import redact_url
+from uploader.source import mb
+from uploader.targets.base import Completed, MultipartProtocol
+from uploader.targets.tus import (
+    ChecksumMismatch,
+    OffsetConflict,
+    TusProtocol,
+    UploadState,
+    checksum_header,
+)
+from uploader.transport_sync import SyncTransport, sync_deadline
+from uploader.wire import FileSlice, HttpRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from uploader.engine import _Upload
+
+log = logging.getLogger(__name__)
+
+# Chosen from a measurement against @tus/server's file store on loopback (see README):
+# fewer, larger PATCHes amortise the per-request cost; past this size throughput is flat
+# and a lost connection costs more to resend.
+DEFAULT_CHUNK = 32 * MiB
+# A final upload lists every partial URL in one header; servers cap headers near 8-16 KiB.
+MAX_PARTIALS = 64
+SESSION_VERSION = 1
+
+
+@dataclass
+class Segment:
+    """One tus upload resource holding file bytes [base, base + length)."""
+
+    base: int
+    length: int
+    url: str | None = None
+    offset: int = 0  # bytes the server confirmed, relative to base
+    expires: float | None = None  # epoch seconds (Upload-Expires)
+
+    @property
+    def done(self) -> bool:
+        return self.url is not None and self.offset >= self.length
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and self.expires <= now
+
+    def forget(self) -> None:
+        self.url, self.offset, self.expires = None, 0, None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Segment:
+        return cls(int(data["base"]), int(data["length"]), data.get("url"), int(data.get("offset", 0)),
+                   data.get("expires"))
+
+
+def chunk_size(options: UploadOptions) -> int:
+    return options.part_size if isinstance(options.part_size, int) else DEFAULT_CHUNK
+
+
+def plan_segments(size: int, chunk: int, concurrency: int) -> list[Segment]:
+    """Equal partials, each a whole number of chunks, at most MAX_PARTIALS of them."""
+    chunks = max(1, math.ceil(size / chunk))
+    per = max(1, math.ceil(chunks / min(MAX_PARTIALS, max(concurrency, chunks))))
+    step = per * chunk
+    return [Segment(base, min(step, size - base)) for base in range(0, size, step)]
+
+
+class TusFlow:
+    """One run of one file to one tus endpoint, on the engine's _Upload (its transport,
+    retry policy, manifest store, progress and counters)."""
+
+    def __init__(self, run: _Upload) -> None:
+        self.run = run
+        self.protocol = cast(TusProtocol, run.protocol)
+        self.size = run.identity.size
+        self.chunk = chunk_size(run.options)
+        self._shown: dict[int, int] = {}  # per segment: bytes counted in the progress bar
+
+    # -- entry ----------------------------------------------------------------
+
+    async def upload(self) -> Completed:
+        await self.discover()
+        manifest = self.run.load_manifest()
+        if manifest is not None:
+            try:
+                return await self.resume(manifest)
+            except SessionLost as exc:
+                log.warning("The server no longer has the interrupted upload (%s); starting a new upload",
+                            exc)
+                self._start_over()
+        return await self.fresh()
+
+    async def discover(self) -> None:
+        """OPTIONS once per run; a file over Tus-Max-Size fails here, before any byte."""
+        if not self.protocol.known:
+            info = await self.run.call(self.protocol.options, self.protocol.parse_options)
+            log.debug("tus server: versions %s, extensions %s, max size %s, checksum %s",
+                      info.versions, sorted(info.extensions), info.max_size, info.checksum)
+        self.protocol.check_size(self.size)
+
+    def _start_over(self) -> None:
+        self.run.progress.reset()
+        self._shown.clear()
+        self.run.bytes_resumed, self.run.resumed = 0, False
+        self.run.store.delete()
+
+    # -- fresh and resumed uploads ---------------------------------------------
+
+    def _concatenate(self) -> bool:
+        return (self.protocol.server.supports("concatenation") and self.run.options.concurrency > 1
+                and self.size > self.chunk)
+
+    async def fresh(self) -> Completed:
+        if self._concatenate():
+            segments = plan_segments(self.size, self.chunk, self.run.options.concurrency)
+            log.info("Uploading in %d partial uploads (tus concatenation)", len(segments))
+            self._new_manifest("concat", segments)
+            return await self._parallel(segments)
+        segment = Segment(0, self.size)
+        await self._create(segment, partial=False)
+        return await self._sequential(segment)
+
+    async def resume(self, manifest: Manifest) -> Completed:
+        session = manifest.session
+        mode = session.get("mode")
+        if manifest.target != "tus" or mode not in ("single", "concat"):
+            raise SessionLost("the manifest describes no tus upload")
+        self.run.manifest, self.run.resumed = manifest, True
+        segments = [Segment.from_json(s) for s in session.get("segments", [])]
+        if mode == "single":
+            if len(segments) != 1 or segments[0].url is None:
+                raise SessionLost("the manifest names no upload URL")
+            await self._refresh(segments[0], check_expiry=True)
+        else:
+            await self._refresh_partials(segments)
+        self.run.bytes_resumed = sum(s.offset for s in segments)
+        log.info("Resuming: %s of %s already on the server", mb(self.run.bytes_resumed), mb(self.size))
+        for index, segment in enumerate(segments):
+            self._show(index, segment.offset)
+        self._save_segments(segments)
+        await self.run.checkpoint(force=True)
+        if mode == "single":
+            return await self._sequential(segments[0])
+        return await self._parallel(segments)
+
+    async def _refresh_partials(self, segments: list[Segment]) -> None:
+        """HEAD every partial; the lost or expired ones start again (one line for all)."""
+        lost = 0
+        for segment in segments:
+            if segment.url is None:
+                continue
+            try:
+                await self._refresh(segment, check_expiry=True)
+            except SessionLost:
+                segment.forget()
+                lost += 1
+        if lost:
+            log.warning("The server no longer has %d of %d partial uploads; creating them again",
+                        lost, len(segments))
+
+    def _new_manifest(self, mode: str, segments: list[Segment]) -> None:
+        self.run.manifest = Manifest(
+            file=self.run.identity, destination=self.protocol.destination(), target="tus",
+            part_size=self.chunk, parts=[], session={"version": SESSION_VERSION, "mode": mode},
+        )
+        self._save_segments(segments)
+
+    def _save_segments(self, segments: list[Segment]) -> None:
+        """Upload URLs, offsets and expiry: never a header (auth stays out of the manifest)."""
+        assert self.run.manifest is not None
+        session = self.run.manifest.session
+        session["segments"] = [asdict(s) for s in segments]
+        first = segments[0].url if segments else None
+        # upload_url / upload_id: what the engine's --restart and `chunkhaul abort` delete.
+        session["upload_url"] = session["upload_id"] = first
+        session["partials"] = [{"url": s.url} for s in segments] if session.get("mode") == "concat" else []
+
+    # -- requests -------------------------------------------------------------
+
+    async def _create(self, segment: Segment, *, partial: bool) -> None:
+        """POST a new upload for the segment; a segment of one chunk rides in the POST
+        (creation-with-upload), so it costs a single request."""
+        first: FileSlice | None = None
+        if self.protocol.server.supports("creation-with-upload") and 0 < segment.length <= self.chunk:
+            first = FileSlice(self.run.identity.path, segment.base, segment.length)
+        checksum = await self._checksum(first) if first is not None else None
+        url, state = await self.run.call(
+            lambda: self.protocol.create_upload(segment.length, first=first, checksum=checksum, partial=partial,
+                                                metadata=not partial),
+            self.protocol.parse_created)
+        segment.url, segment.offset, segment.expires = url, 0, state.expires
+        if self.run.manifest is None:
+            self._new_manifest("single", [segment])
+        self._advance(segment, state.offset)
+        await self._persist()
+
+    async def _refresh(self, segment: Segment, *, check_expiry: bool = False) -> None:
+        """HEAD: the server's offset replaces ours. Transient errors (a 502, a dropped
+        connection) are retried by run.call; only 404/410 or an expiry lose the upload."""
+        assert segment.url is not None
+        if check_expiry and segment.expired(time.time()):
+            raise SessionLost(f"it expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(segment.expires))}")
+        url = segment.url
+        state = await self.run.call(lambda: self.protocol.head(url), self.protocol.parse_head)
+        if state.length is not None and state.length != segment.length:
+            raise SessionLost(f"it holds {state.length} bytes, not {segment.length}")
+        if state.offset > segment.length:
+            raise PermanentError(f"HEAD: the server claims {state.offset} of {segment.length} bytes")
+        segment.offset = state.offset
+        if state.expires is not None:
+            segment.expires = state.expires
+
+    async def _patch(self, segment: Segment, length: int) -> UploadState:
+        """One PATCH attempt (the caller decides about retries: a HEAD comes first)."""
+        assert segment.url is not None
+        body = FileSlice(self.run.identity.path, segment.base + segment.offset, length)
+        request = self.protocol.patch(segment.url, segment.offset, body, await self._checksum(body))
+        self.run.bytes_sent += length
+        state = self.protocol.parse_patch(await self.run.transport.send(request), request.label)
+        if not segment.offset < state.offset <= segment.length:
+            # No progress on a 2xx would loop for ever; more than we sent is impossible.
+            raise TransientError(f"{request.label}: the server answered offset {state.offset}")
+        return state
+
+    async def _checksum(self, body: FileSlice | None) -> str | None:
+        algorithm = self.protocol.server.checksum
+        if body is None or algorithm is None:
+            return None
+        # Off the event loop: sha256 of a 32 MiB chunk takes ~20-100 ms.
+        digest = await asyncio.to_thread(digest_range, body.path, body.offset, body.length, (algorithm,))
+        return checksum_header(algorithm, digest)
+
+    # -- the PATCH loop ---------------------------------------------------------
+
+    async def _push(self, segment: Segment) -> None:
+        """PATCH until the server has the whole segment. A run of failures without any
+        progress ends after policy.attempts; any progress starts the count again."""
+        failures = 0
+        while segment.offset < segment.length:
+            length = min(self.chunk, segment.length - segment.offset)
+            try:
+                state = await self._patch(segment, length)
+            except TransientError as exc:
+                failures += 1
+                if failures >= self.run.policy.attempts:
+                    raise
+                before = segment.offset
+                await self._recover(segment, exc, failures)
+                if segment.offset > before:
+                    failures = 0
+                continue
+            failures = 0
+            segment.expires = state.expires or segment.expires
+            self._advance(segment, state.offset)
+            await self._persist()
+
+    async def _recover(self, segment: Segment, exc: TransientError, failures: int) -> None:
+        """After a failed PATCH: wait if the server asked for it, then HEAD."""
+        self.run.retries += 1
+        log.info("Retrying after attempt %d/%d failed: %s", failures, self.run.policy.attempts, exc)
+        # A 409 or 460 says nothing about load: HEAD at once. Everything else backs off.
+        if not isinstance(exc, (OffsetConflict, ChecksumMismatch)):
+            await asyncio.sleep(self.run.policy.delay(failures, exc))
+        shown = segment.offset
+        await self._refresh(segment)
+        if segment.offset > shown:
+            log.info("The server kept %s of the failed request", mb(segment.offset - shown))
+        self._advance(segment, segment.offset)
+
+    def _advance(self, segment: Segment, offset: int) -> None:
+        segment.offset = offset
+        index = id(segment)
+        gained = offset - self._shown.get(index, 0)
+        if gained > 0:  # the bar only moves forward: a re-sent byte never counts twice
+            self._shown[index] = offset
+            self.run.progress.commit(gained)
+
+    def _show(self, index: int, offset: int) -> None:
+        del index  # resumed bytes count once, up front
+        self.run.progress.start_at(offset)
+
+    async def _persist(self) -> None:
+        if self.run.manifest is not None:
+            await self.run.checkpoint()
+
+    # -- one upload, chunk after chunk ----------------------------------------------
+
+    async def _sequential(self, segment: Segment) -> Completed:
+        assert segment.url is not None
+        self._shown.setdefault(id(segment), segment.offset)
+        await self._push(segment)
+        return self._finish(segment.url)
+
+    def _finish(self, url: str) -> Completed:
+        self.run.store.delete()  # only now: the server holds every byte
+        self.run.manifest = None
+        return self.protocol.completed(url)
+
+    # -- partial uploads in parallel, then the final upload ---------------------------
+
+    async def _parallel(self, segments: list[Segment]) -> Completed:
+        for segment in segments:
+            self._shown.setdefault(id(segment), segment.offset)
+        todo: asyncio.Queue[Segment] = asyncio.Queue()
+        for segment in segments:
+            if not segment.done:
+                todo.put_nowait(segment)
+        workers = [asyncio.create_task(self._partial_worker(todo, segments))
+                   for _ in range(min(self.run.options.concurrency, todo.qsize()))]
+        try:
+            await _gather_or_cancel(workers)
+        finally:
+            self._save_segments(segments)
+            await self.run.checkpoint(force=True)
+        urls = [s.url for s in segments if s.url is not None]
+        if len(urls) != len(segments):
+            raise UploadFailed(f"{len(segments) - len(urls)} partial uploads were not created; {RESUME_HINT}")
+        url, _ = await self.run.call(lambda: self.protocol.create_final(urls), self.protocol.parse_created)
+        await self._verify_final(url)
+        return self._finish(url)
+
+    async def _partial_worker(self, todo: asyncio.Queue[Segment], segments: list[Segment]) -> None:
+        while not todo.empty():
+            segment = todo.get_nowait()
+            if segment.url is None:
+                await self._create(segment, partial=True)
+                self._save_segments(segments)
+                await self.run.checkpoint(force=True)  # a new URL is worth a write at once
+            await self._push(segment)
+            self._save_segments(segments)
+
+    async def _verify_final(self, url: str) -> None:
+        """The final upload must hold the whole file (the server did the joining)."""
+        state = await self.run.call(lambda: self.protocol.head(url), self.protocol.parse_head)
+        if state.offset != self.size or (state.length is not None and state.length != self.size):
+            raise PermanentError(f"the concatenated upload holds {state.offset} of {self.size} bytes")
+
+
+async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for all; on the first failure cancel the rest and raise that failure."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def run_tus(run: _Upload) -> Completed:
+    """The engine's entry point for protocol 'tus'."""
+    return await TusFlow(run).upload()
+
+
+# -- the sync fallback ------------------------------------------------------------------
+
+
+class _SyncTus:
+    """The tus last resort with requests: HEAD the upload we have (or create one), then
+    every remaining byte in one PATCH under the wall-clock deadline of the original system."""
+
+    def __init__(self, protocol: TusProtocol, identity: FileIdentity, options: UploadOptions,
+                 store: ManifestStore) -> None:
+        self.protocol, self.identity, self.options, self.store = protocol, identity, options, store
+        self.transport = SyncTransport(ca_bundle=options.ca_bundle, connect_timeout=options.connect_timeout,
+                                       stall_timeout=options.stall_timeout)
+        self.size = identity.size
+        self.url: str | None = None
+        self.leftovers: list[str] = []  # partial uploads the single upload replaces
+
+    def send(self, request: HttpRequest, deadline: float = 60.0) -> HttpResponse:
+        return self.transport.send(request, deadline)
+
+    def adopt_manifest(self) -> None:
+        """Continue the interrupted single upload if the manifest has a usable one."""
+        manifest, _ = self.store.load_or_none()
+        if manifest is None or manifest.file.differences(self.identity):
+            return
+        segments = [Segment.from_json(s) for s in manifest.session.get("segments", [])]
+        if manifest.session.get("mode") == "single" and len(segments) == 1:
+            if segments[0].url and not segments[0].expired(time.time()):
+                self.url = segments[0].url
+            return
+        self.leftovers = [s.url for s in segments if s.url]
+
+    def attempt(self) -> Completed:
+        if not self.protocol.known:
+            self.protocol.parse_options(self.send(self.protocol.options()))
+        self.protocol.check_size(self.size)
+        offset = self._offset()
+        if offset < self.size:
+            assert self.url is not None
+            body = FileSlice(self.identity.path, offset, self.size - offset)
+            deadline = self.options.sync_deadline or sync_deadline(body.length)
+            log.info("Upload timeout set to %ds for %s file", int(deadline), mb(body.length))
+            request = self.protocol.patch(self.url, offset, body, self._checksum(body))
+            offset = self.protocol.parse_patch(self.send(request, deadline), request.label).offset
+        if offset != self.size:
+            raise TransientError(f"the server holds {offset} of {self.size} bytes after the PATCH")
+        assert self.url is not None
+        return self.protocol.completed(self.url)
+
+    def _offset(self) -> int:
+        """HEAD the known upload, or create one (with the whole file when the server
+        offers creation-with-upload); a lost upload is replaced, logged once."""
+        if self.url is not None:
+            try:
+                return self.protocol.parse_head(self.send(self.protocol.head(self.url))).offset
+            except SessionLost as exc:
+                log.warning("The server no longer has the interrupted upload (%s); starting a new upload", exc)
+                self.url = None
+        whole = self.protocol.server.supports("creation-with-upload") and self.size > 0
+        first = FileSlice(self.identity.path, 0, self.size) if whole else None
+        deadline = self.options.sync_deadline or sync_deadline(self.size) if whole else 60.0
+        request = self.protocol.create_upload(self.size, first=first, checksum=self._checksum(first))
+        self.url, state = self.protocol.parse_created(self.send(request, deadline))
+        self._remember()
+        return state.offset
+
+    def _checksum(self, body: FileSlice | None) -> str | None:
+        algorithm = self.protocol.server.checksum
+        if body is None or algorithm is None:
+            return None
+        return checksum_header(algorithm, digest_range(body.path, body.offset, body.length, (algorithm,)))
+
+    def _remember(self) -> None:
+        """The new upload's URL goes in the manifest: a failed fallback resumes from it."""
+        segment = Segment(0, self.size, self.url)
+        manifest = Manifest(file=self.identity, destination=self.protocol.destination(), target="tus",
+                            part_size=self.size, parts=[],
+                            session={"version": SESSION_VERSION, "mode": "single",
+                                     "segments": [asdict(segment)], "upload_url": self.url,
+                                     "upload_id": self.url, "partials": []})
+        self.store.save(manifest)
+
+    def forget_leftovers(self) -> None:
+        for url in self.leftovers:
+            try:
+                self.protocol.parse_delete(self.send(self.protocol.delete(url)))
+            except UploadFailed as exc:
+                log.warning("Could not delete the partial upload %s: %s", redact_url(url), exc)
+
+
+def sync_fallback(protocol: MultipartProtocol, identity: FileIdentity, options: UploadOptions,
+                  store: ManifestStore, sleep: Callable[[float], None] = time.sleep) -> Completed:
+    """Same contract as uploader.fallback.single_shot_upload, for tus: 3 attempts, 5 s apart;
+    on success the manifest is removed, on failure it stays (with the upload URL)."""
+    flow = _SyncTus(cast(TusProtocol, protocol), identity, options, store)
+    flow.adopt_manifest()
+    last: Exception | None = None
+    for attempt in range(1, options.sync_attempts + 1):
+        log.info("Sync upload attempt %d/%d...", attempt, options.sync_attempts)
+        try:
+            done = flow.attempt()
+        except TransientError as exc:
+            last = exc
+            log.warning("Sync upload attempt %d/%d failed: %s", attempt, options.sync_attempts, exc)
+            if attempt < options.sync_attempts:
+                sleep(options.sync_delay)
+            continue
+        flow.forget_leftovers()
+        store.delete()
+        return done
+    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
+                       f"the manifest is kept, {RESUME_HINT}")
