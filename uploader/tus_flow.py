@@ -95,7 +95,8 @@ class TusFlow:
         self.protocol = cast(TusProtocol, run.protocol)
         self.size = run.identity.size
         self.chunk = chunk_size(run.options)
-        self._shown: dict[int, int] = {}  # per segment: bytes counted in the progress bar
+        self.segments: list[Segment] = []  # what the manifest's session describes
+        self._shown: dict[int, int] = {}  # per segment (by id): bytes counted in the progress bar
 
     # -- entry ----------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class TusFlow:
         self.run.progress.reset()
         self._shown.clear()
         self.run.bytes_resumed, self.run.resumed = 0, False
+        self.run.manifest = None
         self.run.store.delete()
 
     # -- fresh and resumed uploads ---------------------------------------------
@@ -136,9 +138,11 @@ class TusFlow:
             segments = plan_segments(self.size, self.chunk, self.run.options.concurrency)
             log.info("Uploading in %d partial uploads (tus concatenation)", len(segments))
             self._new_manifest("concat", segments)
-            return await self._parallel(segments)
+            return await self._parallel()
         segment = Segment(0, self.size)
         await self._create(segment, partial=False)
+        self._new_manifest("single", [segment])
+        await self._persist(force=True)
         return await self._sequential(segment)
 
     async def resume(self, manifest: Manifest) -> Completed:
@@ -146,8 +150,10 @@ class TusFlow:
         mode = session.get("mode")
         if manifest.target != "tus" or mode not in ("single", "concat"):
             raise SessionLost("the manifest describes no tus upload")
+        if mode == "concat" and not self.protocol.server.supports("concatenation"):
+            raise SessionLost("the server no longer offers concatenation")
         self.run.manifest, self.run.resumed = manifest, True
-        segments = [Segment.from_json(s) for s in session.get("segments", [])]
+        self.segments = segments = [Segment.from_json(s) for s in session.get("segments", [])]
         if mode == "single":
             if len(segments) != 1 or segments[0].url is None:
                 raise SessionLost("the manifest names no upload URL")
@@ -156,13 +162,12 @@ class TusFlow:
             await self._refresh_partials(segments)
         self.run.bytes_resumed = sum(s.offset for s in segments)
         log.info("Resuming: %s of %s already on the server", mb(self.run.bytes_resumed), mb(self.size))
-        for index, segment in enumerate(segments):
-            self._show(index, segment.offset)
-        self._save_segments(segments)
-        await self.run.checkpoint(force=True)
+        self.run.progress.start_at(self.run.bytes_resumed)  # resumed bytes count once, up front
+        self._shown = {id(s): s.offset for s in segments}
+        await self._persist(force=True)
         if mode == "single":
             return await self._sequential(segments[0])
-        return await self._parallel(segments)
+        return await self._parallel()
 
     async def _refresh_partials(self, segments: list[Segment]) -> None:
         """HEAD every partial; the lost or expired ones start again (one line for all)."""
@@ -180,21 +185,25 @@ class TusFlow:
                         lost, len(segments))
 
     def _new_manifest(self, mode: str, segments: list[Segment]) -> None:
+        self.segments = segments
         self.run.manifest = Manifest(
             file=self.run.identity, destination=self.protocol.destination(), target="tus",
             part_size=self.chunk, parts=[], session={"version": SESSION_VERSION, "mode": mode},
         )
-        self._save_segments(segments)
 
-    def _save_segments(self, segments: list[Segment]) -> None:
-        """Upload URLs, offsets and expiry: never a header (auth stays out of the manifest)."""
-        assert self.run.manifest is not None
-        session = self.run.manifest.session
-        session["segments"] = [asdict(s) for s in segments]
-        first = segments[0].url if segments else None
+    async def _persist(self, force: bool = False) -> None:
+        """Upload URLs, offsets and expiry into the manifest; never a header (auth stays out)."""
+        manifest = self.run.manifest
+        if manifest is None:
+            return
+        session = manifest.session
+        session["segments"] = [asdict(s) for s in self.segments]
+        first = self.segments[0].url if self.segments else None
         # upload_url / upload_id: what the engine's --restart and `chunkhaul abort` delete.
         session["upload_url"] = session["upload_id"] = first
-        session["partials"] = [{"url": s.url} for s in segments] if session.get("mode") == "concat" else []
+        concat = session.get("mode") == "concat"
+        session["partials"] = [{"url": s.url} for s in self.segments if s.url] if concat else []
+        await self.run.checkpoint(force=force)
 
     # -- requests -------------------------------------------------------------
 
@@ -210,10 +219,7 @@ class TusFlow:
                                                 metadata=not partial),
             self.protocol.parse_created)
         segment.url, segment.offset, segment.expires = url, 0, state.expires
-        if self.run.manifest is None:
-            self._new_manifest("single", [segment])
         self._advance(segment, state.offset)
-        await self._persist()
 
     async def _refresh(self, segment: Segment, *, check_expiry: bool = False) -> None:
         """HEAD: the server's offset replaces ours. Transient errors (a 502, a dropped
@@ -296,14 +302,6 @@ class TusFlow:
             self._shown[index] = offset
             self.run.progress.commit(gained)
 
-    def _show(self, index: int, offset: int) -> None:
-        del index  # resumed bytes count once, up front
-        self.run.progress.start_at(offset)
-
-    async def _persist(self) -> None:
-        if self.run.manifest is not None:
-            await self.run.checkpoint()
-
     # -- one upload, chunk after chunk ----------------------------------------------
 
     async def _sequential(self, segment: Segment) -> Completed:
@@ -319,20 +317,20 @@ class TusFlow:
 
     # -- partial uploads in parallel, then the final upload ---------------------------
 
-    async def _parallel(self, segments: list[Segment]) -> Completed:
+    async def _parallel(self) -> Completed:
+        segments = self.segments
         for segment in segments:
             self._shown.setdefault(id(segment), segment.offset)
         todo: asyncio.Queue[Segment] = asyncio.Queue()
         for segment in segments:
             if not segment.done:
                 todo.put_nowait(segment)
-        workers = [asyncio.create_task(self._partial_worker(todo, segments))
+        workers = [asyncio.create_task(self._partial_worker(todo))
                    for _ in range(min(self.run.options.concurrency, todo.qsize()))]
         try:
             await _gather_or_cancel(workers)
         finally:
-            self._save_segments(segments)
-            await self.run.checkpoint(force=True)
+            await self._persist(force=True)
         urls = [s.url for s in segments if s.url is not None]
         if len(urls) != len(segments):
             raise UploadFailed(f"{len(segments) - len(urls)} partial uploads were not created; {RESUME_HINT}")
@@ -340,15 +338,14 @@ class TusFlow:
         await self._verify_final(url)
         return self._finish(url)
 
-    async def _partial_worker(self, todo: asyncio.Queue[Segment], segments: list[Segment]) -> None:
+    async def _partial_worker(self, todo: asyncio.Queue[Segment]) -> None:
         while not todo.empty():
             segment = todo.get_nowait()
             if segment.url is None:
                 await self._create(segment, partial=True)
-                self._save_segments(segments)
-                await self.run.checkpoint(force=True)  # a new URL is worth a write at once
+                await self._persist(force=True)  # a new URL is worth a write at once
             await self._push(segment)
-            self._save_segments(segments)
+            await self._persist()
 
     async def _verify_final(self, url: str) -> None:
         """The final upload must hold the whole file (the server did the joining)."""
@@ -432,7 +429,7 @@ class _SyncTus:
                 self.url = None
         whole = self.protocol.server.supports("creation-with-upload") and self.size > 0
         first = FileSlice(self.identity.path, 0, self.size) if whole else None
-        deadline = self.options.sync_deadline or sync_deadline(self.size) if whole else 60.0
+        deadline = (self.options.sync_deadline or sync_deadline(self.size)) if whole else 60.0
         request = self.protocol.create_upload(self.size, first=first, checksum=self._checksum(first))
         self.url, state = self.protocol.parse_created(self.send(request, deadline))
         self._remember()
