@@ -46,8 +46,13 @@ def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
         from uploader.aws import s3_protocol
 
         return s3_protocol(options, source)
+    if scheme in ("tus", "tus+http", "tus+https"):
+        from uploader.targets.tus import tus_protocol
+
+        return tus_protocol(options, source)
     raise UsageError(
-        f"unknown destination {redact_url(options.destination)!r}: use s3://BUCKET/KEY"
+        f"unknown destination {redact_url(options.destination)!r}: use s3://BUCKET/KEY "
+        "or tus+https://HOST/PATH/"
     )
 
 
@@ -115,6 +120,10 @@ class _Upload:
     # -- the flow -------------------------------------------------------------
 
     async def run(self) -> Completed:
+        if self.protocol.kind == "tus":
+            from uploader.tus_flow import run_tus
+
+            return await run_tus(self)
         if self.identity.size < self.options.part_size_bytes:
             return await self.single_shot()
         manifest = self.load_manifest()
