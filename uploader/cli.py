@@ -11,11 +11,23 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from resume import LockHeld, ManifestStore
 from uploader.config import DEFAULT_CONCURRENCY, UploadOptions
-from uploader.engine import upload_async
-from uploader.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RESUME_HINT, ChunkhaulError
+from uploader.engine import build_protocol, upload_async
+from uploader.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RESUME_HINT,
+    ChunkhaulError,
+    LockedError,
+    TransientError,
+    UploadFailed,
+)
 from uploader.redact import redact_text
 from uploader.result import UploadResult
+from uploader.transport_async import AsyncTransport
+from uploader.wire import HttpRequest, HttpResponse
 
 log = logging.getLogger("uploader")
 
@@ -40,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     up = sub.add_parser("upload", help="upload FILE to DEST (run again to resume)")
     up.add_argument("file")
-    up.add_argument("destination", help="s3://BUCKET/KEY")
+    up.add_argument("destination", help="s3://BUCKET/KEY, or tus+https://HOST/PATH/ (tus creation URL)")
     up.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS; env AWS_ENDPOINT_URL)")
     up.add_argument("--region")
     up.add_argument("--profile")
-    up.add_argument("--protocol", choices=["s3"], help="override the protocol implied by DEST")
+    up.add_argument("--protocol", choices=["s3", "tus"], help="override the protocol implied by DEST "
+                    "(tus: DEST is an http(s):// tus creation URL)")
     up.add_argument("--part-size", help="e.g. 16MiB (grown automatically to stay under 10,000 parts)")
     up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parts in flight")
     up.add_argument("--state-dir", help="where resume manifests live (default ~/.local/state/chunkhaul)")
@@ -61,7 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.add_argument("-q", "--quiet", action="store_true")
+    _add_abort_parser(sub)
     return parser
+
+
+def _add_abort_parser(sub: Any) -> None:
+    ab = sub.add_parser("abort", help="delete the interrupted upload of FILE to DEST on the server, "
+                        "and its resume manifest")
+    ab.add_argument("file")
+    ab.add_argument("destination")
+    ab.add_argument("--protocol", choices=["s3", "tus"])
+    ab.add_argument("--endpoint-url")
+    ab.add_argument("--region")
+    ab.add_argument("--profile")
+    ab.add_argument("--state-dir")
+    ab.add_argument("--ca-bundle")
+    ab.add_argument("--header", action="append", metavar="'NAME: VALUE'")
+    ab.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    ab.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS")
+    ab.add_argument("--json", action="store_true")
+    ab.add_argument("-v", "--verbose", action="count", default=0)
+    ab.add_argument("-q", "--quiet", action="store_true")
 
 
 def _options(args: argparse.Namespace) -> UploadOptions:
@@ -120,11 +153,91 @@ def run_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- chunkhaul abort ------------------------------------------------------------------
+
+async def abort_async(options: UploadOptions) -> bool:
+    """Delete the server-side upload the manifest names (tus termination, S3
+    AbortMultipartUpload), then the manifest. False when there was nothing to abort."""
+    protocol = build_protocol(options, options.source)
+    store = ManifestStore(options.state_path, options.source, protocol.destination())
+    try:
+        store.acquire()
+    except LockHeld as held:
+        raise LockedError(f"another chunkhaul ({held}) is uploading this file; stop it first") from None
+    try:
+        manifest, problem = store.load_or_none()
+        if problem:
+            log.warning("The resume manifest %s is unusable (%s); removing it", store.path, problem)
+        elif manifest is None:
+            return False
+        else:
+            await _abort_server_side(protocol, manifest.session, options)
+        store.delete()
+        return manifest is not None
+    finally:
+        store.release()
+
+
+async def _abort_server_side(protocol: Any, session: dict[str, Any], options: UploadOptions) -> None:
+    # tus concatenation leaves several uploads (partials + final); abort_requests names them all.
+    abort_all = getattr(protocol, "abort_requests", None)
+    requests = abort_all(session) if abort_all else [protocol.abort(session)]
+    async with AsyncTransport(concurrency=1, connect_timeout=options.connect_timeout,
+                              stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle) as transport:
+        for request in requests:
+            resp = await _send_retrying(transport, request)
+            if resp.ok or resp.status in (404, 410):  # deleted now, or gone already
+                log.info("Deleted the upload on the server (%s: HTTP %d)", request.label, resp.status)
+            elif resp.status in (405, 501):
+                log.warning("The server cannot delete uploads (HTTP %d); it will expire them itself",
+                            resp.status)
+            else:
+                raise UploadFailed(f"{request.label}: HTTP {resp.status}; the manifest is kept, "
+                                   "run chunkhaul abort again")
+
+
+async def _send_retrying(transport: AsyncTransport, request: HttpRequest, attempts: int = 3) -> HttpResponse:
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = await transport.send(request)
+        except TransientError:
+            if attempt == attempts:
+                raise
+        else:
+            if resp.status < 500 or attempt == attempts:
+                return resp
+        await asyncio.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+def run_abort(args: argparse.Namespace) -> int:
+    try:
+        options = UploadOptions(
+            source=args.file, destination=args.destination, protocol=args.protocol,
+            endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
+            state_dir=args.state_dir, ca_bundle=args.ca_bundle, headers=_pairs(args.header, ":", "--header"),
+            connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
+        )
+        aborted = asyncio.run(abort_async(options))
+    except ChunkhaulError as exc:
+        log.debug("failure detail", exc_info=True)
+        return _fail(args, exc.exit_code, str(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return _fail(args, EXIT_INTERRUPTED, "interrupted; run chunkhaul abort again")
+    message = "aborted" if aborted else "nothing to abort: no interrupted upload of this file to this destination"
+    log.info("%s", message[0].upper() + message[1:])
+    if args.json:
+        print(json.dumps({"aborted": aborted}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     if args.command == "upload":
         return run_upload(args)
+    if args.command == "abort":
+        return run_abort(args)
     return EXIT_USAGE
 
 
