@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
     up.add_argument("--restart", action="store_true", help="abort the interrupted upload and start over")
     up.add_argument("--fallback", choices=["auto", "never", "only"], default="auto")
+    up.add_argument("--sync-deadline", type=float, metavar="SECONDS",
+                    help="wall-clock limit per single-shot attempt (default: 10 s per MB, 300-1800 s)")
+    up.add_argument("--sync-delay", type=float, default=5.0, metavar="SECONDS",
+                    help="pause between single-shot attempts (default 5)")
     up.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
     up.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                     help="give up on a request when no bytes moved for this long")
@@ -106,6 +110,7 @@ def _options(args: argparse.Namespace) -> UploadOptions:
         headers=_pairs(args.header, ":", "--header"), metadata=_pairs(args.metadata, "=", "--metadata"),
         connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
         retries=args.retries, force_close=args.force_close,
+        sync_deadline=args.sync_deadline, sync_delay=args.sync_delay,
     )
 
 

@@ -68,6 +68,8 @@ class UploadOptions:
             raise UsageError("retries must be at least 1")
         if self.connect_timeout <= 0 or self.stall_timeout <= 0:
             raise UsageError("timeouts must be positive")
+        if self.sync_delay < 0 or (self.sync_deadline is not None and self.sync_deadline <= 0):
+            raise UsageError("--sync-deadline must be positive and --sync-delay not negative")
         if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
             raise UsageError(f"--ca-bundle {self.ca_bundle}: no such file")
 
