@@ -54,6 +54,12 @@ class UploadOptions:
     sync_attempts: int = 3
     sync_delay: float = 5.0
     sync_deadline: float | None = None
+    # Procore: "v2.1" | "v1.1" (None: v2.1 where the destination names a project), the API
+    # host (None: production), and where to read the access token (None: PROCORE_ACCESS_TOKEN).
+    # The token itself is never an option: options end up in logs and reprs.
+    procore_api: str | None = None
+    procore_base_url: str | None = None
+    token_file: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "part_size", _size(self.part_size, "part-size"))
@@ -70,6 +76,8 @@ class UploadOptions:
             raise UsageError("timeouts must be positive")
         if self.sync_delay < 0 or (self.sync_deadline is not None and self.sync_deadline <= 0):
             raise UsageError("--sync-deadline must be positive and --sync-delay not negative")
+        if self.procore_api not in (None, "v2.1", "v1.1"):
+            raise UsageError(f"--procore-api must be v2.1 or v1.1, got {self.procore_api!r}")
         if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
             raise UsageError(f"--ca-bundle {self.ca_bundle}: no such file")
 
