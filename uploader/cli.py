@@ -26,6 +26,7 @@ from uploader.errors import (
 )
 from uploader.redact import redact_text
 from uploader.result import UploadResult
+from uploader.targets.procore import PRODUCTION_URL, SANDBOX_URL, TOKEN_ENV
 from uploader.transport_async import AsyncTransport
 from uploader.wire import HttpRequest, HttpResponse
 
@@ -52,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     up = sub.add_parser("upload", help="upload FILE to DEST (run again to resume)")
     up.add_argument("file")
-    up.add_argument("destination", help="s3://BUCKET/KEY, or tus+https://HOST/PATH/ (tus creation URL)")
+    up.add_argument("destination", help="s3://BUCKET/KEY, tus+https://HOST/PATH/ (tus creation URL), "
+                    "or procore://COMPANY_ID[/projects/PROJECT_ID]")
     up.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS; env AWS_ENDPOINT_URL)")
     up.add_argument("--region")
     up.add_argument("--profile")
-    up.add_argument("--protocol", choices=["s3", "tus"], help="override the protocol implied by DEST "
+    up.add_argument("--protocol", choices=["s3", "tus", "procore"], help="override the protocol implied by DEST "
                     "(tus: DEST is an http(s):// tus creation URL)")
     up.add_argument("--part-size", help="e.g. 16MiB (grown automatically to stay under 10,000 parts)")
     up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parts in flight")
@@ -78,8 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.add_argument("-q", "--quiet", action="store_true")
+    _add_procore_flags(up)
     _add_abort_parser(sub)
     return parser
+
+
+def _add_procore_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Procore (procore://COMPANY_ID[/projects/PROJECT_ID])")
+    group.add_argument("--procore-api", choices=["v2.1", "v1.1"],
+                       help="upload API (default: v2.1 when DEST names a project, else v1.1)")
+    host = group.add_mutually_exclusive_group()
+    host.add_argument("--procore-base-url", metavar="URL", help=f"API host (default {PRODUCTION_URL})")
+    host.add_argument("--sandbox", action="store_true", help=f"use the sandbox, {SANDBOX_URL}")
+    group.add_argument("--token-file", metavar="FILE",
+                       help=f"read the OAuth access token from FILE (default: env {TOKEN_ENV})")
 
 
 def _add_abort_parser(sub: Any) -> None:
@@ -111,6 +125,8 @@ def _options(args: argparse.Namespace) -> UploadOptions:
         connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
         retries=args.retries, force_close=args.force_close,
         sync_deadline=args.sync_deadline, sync_delay=args.sync_delay,
+        procore_api=args.procore_api, token_file=args.token_file,
+        procore_base_url=SANDBOX_URL if args.sandbox else args.procore_base_url,
     )
 
 

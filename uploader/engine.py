@@ -10,7 +10,13 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+)
 
 from chunker import Part, PartDigest, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
@@ -23,6 +29,7 @@ from uploader.errors import (
     SourceChangedError,
     TransientError,
     UploadFailed,
+    UrlExpired,
     UsageError,
 )
 from uploader.fallback import single_shot_upload
@@ -50,9 +57,13 @@ def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
         from uploader.targets.tus import tus_protocol
 
         return tus_protocol(options, source)
+    if scheme == "procore":
+        from uploader.targets.procore import procore_protocol
+
+        return procore_protocol(options, source)
     raise UsageError(
-        f"unknown destination {redact_url(options.destination)!r}: use s3://BUCKET/KEY "
-        "or tus+https://HOST/PATH/"
+        f"unknown destination {redact_url(options.destination)!r}: use s3://BUCKET/KEY, "
+        "tus+https://HOST/PATH/ or procore://COMPANY_ID[/projects/PROJECT_ID]"
     )
 
 
@@ -90,10 +101,13 @@ class _Upload:
                  state.attempt_number, self.policy.attempts, exc)
 
     async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
-        """Send with retries; every attempt builds its request (and body) afresh."""
+        """Send with retries; every attempt builds its request (and body) afresh.
+        UrlExpired is not retried here: resending to the same expired URL cannot succeed,
+        so it goes to the caller, which renews the URL and calls again (no budget spent)."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.policy.attempts), wait=self._wait,
-            retry=retry_if_exception_type(TransientError), reraise=True,
+            retry=retry_if_exception_type(TransientError) & retry_if_not_exception_type(UrlExpired),
+            reraise=True,
             before_sleep=self._before_sleep,
         )
         async for attempt in retrying:
@@ -124,6 +138,10 @@ class _Upload:
             from uploader.tus_flow import run_tus
 
             return await run_tus(self)
+        if self.protocol.kind == "procore":
+            from uploader.procore_flow import run_procore
+
+            return await run_procore(self)
         if self.identity.size < self.options.part_size_bytes:
             return await self.single_shot()
         manifest = self.load_manifest()

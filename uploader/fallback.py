@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chunker import digest_range
+from chunker import PartDigest, digest_range
 from resume import FileIdentity, ManifestStore
 from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, FallbackUnavailable, TransientError, UploadFailed
@@ -16,6 +16,7 @@ from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_sync import SyncTransport, sync_deadline
 
 log = logging.getLogger(__name__)
+PREPARE_DEADLINE = 60.0  # seconds for a small API call before the file goes up
 
 
 def single_shot_upload(
@@ -41,7 +42,7 @@ def single_shot_upload(
     for attempt in range(1, options.sync_attempts + 1):
         log.info("Sync upload attempt %d/%d...", attempt, options.sync_attempts)
         try:
-            done = protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
+            done = _attempt(protocol, transport, size, digest, deadline)
         except TransientError as exc:
             last = exc
             log.warning("Sync upload attempt %d/%d failed: %s", attempt, options.sync_attempts, exc)
@@ -52,6 +53,16 @@ def single_shot_upload(
         return done
     raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
                        f"the manifest is kept, {RESUME_HINT}")
+
+
+def _attempt(protocol: MultipartProtocol, transport: SyncTransport, size: int, digest: PartDigest,
+             deadline: float) -> Completed:
+    """One single-shot attempt. A target may first ask its API where the file goes (Procore:
+    a create call answers with an S3 POST form); a fresh ask per attempt, as forms expire."""
+    prepare = getattr(protocol, "prepare_single_shot", None)
+    if prepare is not None:
+        protocol.parse_prepare_single_shot(transport.send(prepare(size), PREPARE_DEADLINE))  # type: ignore[attr-defined]
+    return protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
 
 
 def _forget_multipart(protocol: MultipartProtocol, store: ManifestStore, transport: SyncTransport) -> None:

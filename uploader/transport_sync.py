@@ -15,7 +15,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from uploader.errors import PermanentError, TransientError
 from uploader.redact import redact_text
 from uploader.tls import make_ssl_context
-from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
+from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse, lower_headers
 
 MiB = 1024 * 1024
 
@@ -44,6 +44,43 @@ class _SliceReader:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class _FormReader:
+    """A multipart/form-data body of known length: the form's head, the file streamed
+    from disk, the closing boundary. Known length, so requests sends Content-Length."""
+
+    def __init__(self, form: FormBody) -> None:
+        self._head, self._tail = form.head(), form.tail()
+        self._file = _SliceReader(form.file)
+        self._left = len(self._head) + len(self._file) + len(self._tail)
+
+    def __len__(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else n
+        out = b""
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+        if len(out) < n and len(self._file):
+            out += self._file.read(n - len(out))
+        if len(out) < n and not len(self._file):
+            piece, self._tail = self._tail[: n - len(out)], self._tail[n - len(out):]
+            out += piece
+        self._left -= len(out)
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _body(req: HttpRequest) -> Any:
+    if isinstance(req.body, FileSlice):
+        return _SliceReader(req.body)
+    if isinstance(req.body, FormBody):
+        return _FormReader(req.body)
+    return req.body
 
 
 class _DeadlineAdapter(HTTPAdapter):
@@ -100,7 +137,7 @@ class SyncTransport:
             adapter.cut()
 
         timer = threading.Timer(deadline, _expire) if deadline else None
-        body: Any = _SliceReader(req.body) if isinstance(req.body, FileSlice) else req.body
+        body = _body(req)
         started = time.monotonic()
         try:
             if timer:
@@ -122,7 +159,7 @@ class SyncTransport:
         finally:
             if timer:
                 timer.cancel()
-            if isinstance(body, _SliceReader):
+            if isinstance(body, _SliceReader | _FormReader):
                 body.close()
             session.close()
 
