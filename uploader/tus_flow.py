@@ -13,11 +13,11 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from chunker import MiB, digest_range
+from chunker import digest_range
 from resume import FileIdentity, Manifest, ManifestStore
 from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, PermanentError, SessionLost, TransientError, UploadFailed
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Chosen from a measurement against @tus/server's file store on loopback (see README):
-# fewer, larger PATCHes amortise the per-request cost; past this size throughput is flat
-# and a lost connection costs more to resend.
-DEFAULT_CHUNK = 32 * MiB
 # A final upload lists every partial URL in one header; servers cap headers near 8-16 KiB.
 MAX_PARTIALS = 64
 SESSION_VERSION = 1
@@ -74,10 +70,6 @@ class Segment:
                    data.get("expires"))
 
 
-def chunk_size(options: UploadOptions) -> int:
-    return options.part_size if isinstance(options.part_size, int) else DEFAULT_CHUNK
-
-
 def plan_segments(size: int, chunk: int, concurrency: int) -> list[Segment]:
     """Equal partials, each a whole number of chunks, at most MAX_PARTIALS of them."""
     chunks = max(1, math.ceil(size / chunk))
@@ -94,9 +86,10 @@ class TusFlow:
         self.run = run
         self.protocol = cast(TusProtocol, run.protocol)
         self.size = run.identity.size
-        self.chunk = chunk_size(run.options)
+        self.chunk = self.protocol.chunk_size
         self.segments: list[Segment] = []  # what the manifest's session describes
         self._shown: dict[int, int] = {}  # per segment (by id): bytes counted in the progress bar
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests inject a fake
 
     # -- entry ----------------------------------------------------------------
 
@@ -287,7 +280,7 @@ class TusFlow:
         log.info("Retrying after attempt %d/%d failed: %s", failures, self.run.policy.attempts, exc)
         # A 409 or 460 says nothing about load: HEAD at once. Everything else backs off.
         if not isinstance(exc, (OffsetConflict, ChecksumMismatch)):
-            await asyncio.sleep(self.run.policy.delay(failures, exc))
+            await self.sleep(self.run.policy.delay(failures, exc))
         shown = segment.offset
         await self._refresh(segment)
         if segment.offset > shown:

@@ -40,8 +40,12 @@ _RESERVED_HEADERS = {"content-length", "content-type", "host", "transfer-encodin
                      "upload-offset", "upload-length", "upload-metadata", "upload-concat",
                      "upload-checksum"}
 _METADATA_KEY = re.compile(r"^[^\s,]+$")
-# No byte limit of its own: tus has no part count or part size limit.
-TUS_LIMITS = PartLimits(min_part=1, max_part=1 << 62, max_parts=1 << 62, max_object=1 << 62)
+# Bytes per PATCH unless --part-size says otherwise. Measured against @tus/server on loopback
+# (512 MiB, file store, median of 6): 8 MiB 87 MiB/s, 16 MiB 110, 32 MiB 132, 64 MiB 138.
+# 32 and 64 are within noise of each other; 32 halves what a proxy must buffer and what a
+# failed PATCH may cost to resend (a server checking Upload-Checksum drops the whole chunk).
+DEFAULT_CHUNK = 32 * 1024 * 1024
+_UNLIMITED = 1 << 62
 
 
 class OffsetConflict(TransientError):
@@ -171,14 +175,18 @@ class TusProtocol:
     which go on every request and never into the session (the manifest)."""
 
     kind: str = "tus"
-    limits: PartLimits = TUS_LIMITS
     part_digests: tuple[str, ...] = ()
-    single_shot_max: int = 1 << 62  # creation-with-upload has no size limit of its own
+    single_shot_max: int = _UNLIMITED  # creation-with-upload has no size limit of its own
 
     def __init__(self, endpoint: str, *, source: str, headers: Mapping[str, str] | None = None,
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, chunk_size: int = DEFAULT_CHUNK) -> None:
         self.endpoint = endpoint
         self.source = source
+        self.chunk_size = chunk_size
+        # tus limits neither part count nor size; min_part = the chunk makes the engine's
+        # plan_parts (the result's `parts`) count PATCH-sized chunks.
+        self.limits = PartLimits(min_part=chunk_size, max_part=_UNLIMITED, max_parts=_UNLIMITED,
+                                 max_object=_UNLIMITED)
         self.user_headers = _check_user_headers(headers or {})
         self.metadata = encode_metadata(default_metadata(source, metadata or {}))
         self.server = ServerInfo()  # replaced by what OPTIONS says
@@ -401,6 +409,7 @@ def parse_tus_url(destination: str) -> str:
 
 
 def tus_protocol(options: UploadOptions, source: str) -> TusProtocol:
+    chunk = options.part_size if isinstance(options.part_size, int) else DEFAULT_CHUNK
     return TusProtocol(parse_tus_url(options.destination), source=source,
-                       headers=options.headers, metadata=options.metadata)
+                       headers=options.headers, metadata=options.metadata, chunk_size=chunk)
 
