@@ -53,6 +53,7 @@ class _FormReader:
     def __init__(self, form: FormBody) -> None:
         self._head, self._tail = form.head(), form.tail()
         self._file = _SliceReader(form.file)
+        self._path = form.file.path
         self._left = len(self._head) + len(self._file) + len(self._tail)
 
     def __len__(self) -> int:
@@ -64,7 +65,10 @@ class _FormReader:
         if self._head:
             out, self._head = self._head[:n], self._head[n:]
         if len(out) < n and len(self._file):
-            out += self._file.read(n - len(out))
+            data = self._file.read(n - len(out))
+            if not data:
+                raise OSError(f"{self._path} shrank while uploading")
+            out += data
         if len(out) < n and not len(self._file):
             piece, self._tail = self._tail[: n - len(out)], self._tail[n - len(out):]
             out += piece
