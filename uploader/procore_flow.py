@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A URL expiring sooner than this is renewed before it is used: storage judges expiry when a
-# request starts, and the request may wait this long for a connection.
+# A URL expiring sooner than this (plus the time the part is expected to take) is renewed
+# before it is used: S3 judges expiry when a request starts, but some stores (SeaweedFS behind
+# the test emulator) judge it again when the body has arrived.
 RENEW_MARGIN = 3.0
 # Renewals in a row for one part; more means the clocks disagree, not that URLs expired.
 MAX_RENEWALS = 3
@@ -107,6 +108,7 @@ class ProcoreFlow:
         self._renew_lock = asyncio.Lock()
         self._progress_lock = asyncio.Lock()
         self._last_progress = time.monotonic()
+        self._rate: float | None = None  # bytes/s of one part's PUT, smoothed
 
     @property
     def manifest(self) -> Manifest:
@@ -273,16 +275,26 @@ class ProcoreFlow:
         """PUT one part; an expired URL is renewed and the part sent again without spending
         the retry budget (the engine's call() does not retry UrlExpired)."""
         for _ in range(MAX_RENEWALS + 1):
-            if self.proto.expiring(part.number, RENEW_MARGIN):
+            if self.proto.expiring(part.number, self._margin(part)):
                 await self._renew(part.number, "about to expire")
             generation = self.proto.part_url(part.number).generation
+            started = time.monotonic()
             try:
-                return await self.run.call(lambda: self.proto.put_part(part),
+                etag = await self.run.call(lambda: self.proto.put_part(part),
                                            lambda resp: self.proto.parse_put(resp, part))
+                self._observe(part.length, time.monotonic() - started)
+                return etag
             except UrlExpired as exc:
                 await self._renew(part.number, f"expired: {exc}", stale=generation)
         raise UploadFailed(f"part {part.number}: its upload URL expired {MAX_RENEWALS + 1} times in a row, even "
                            f"right after renewal; check this computer's clock; {RESUME_HINT}")
+
+    def _margin(self, part: Part) -> float:
+        return RENEW_MARGIN + (part.length / self._rate if self._rate else 0.0)
+
+    def _observe(self, nbytes: int, seconds: float) -> None:
+        sample = nbytes / max(seconds, 1e-3)
+        self._rate = sample if self._rate is None else 0.7 * self._rate + 0.3 * sample
 
     async def _renew(self, number: int, reason: str, stale: int | None = None) -> None:
         """Fresh URLs for every unrecorded part with one GET; workers that find their URL
