@@ -200,7 +200,11 @@ def recv_until(sock: socket.socket, suffix: bytes) -> bytes:
 def test_passthrough_20mib_both_directions_intact(servers: ServerLoop) -> None:
     data = payload(20 * MiB)
     with FaultProxy(LOCAL, servers.tcp(echo)) as proxy, connect(proxy.port) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+        def send() -> None:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)  # concurrently, or both sides' buffers fill up
         sender.start()
         echoed = recv_all(sock, len(data) + 1)  # +1: must end exactly at EOF
         sender.join(10)
@@ -214,9 +218,10 @@ def test_passthrough_20mib_both_directions_intact(servers: ServerLoop) -> None:
 def test_reset_upload_after_n_bytes(servers: ServerLoop, after: int) -> None:
     sink = Sink()
     rules = [Reset(after_bytes=after)]
-    with FaultProxy(LOCAL, servers.tcp(sink.handle), rules) as proxy, connect(proxy.port) as sock:
-        # More than all socket buffers on the path can absorb, so the client must notice.
-        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+    with FaultProxy(LOCAL, servers.tcp(sink.handle), rules) as proxy:
+        # More than all socket buffers on the path can absorb, so the client must notice
+        # (with after=0 maybe as early as in connect()).
+        with pytest.raises((ConnectionResetError, BrokenPipeError)), connect(proxy.port) as sock:
             sock.sendall(bytes(48 * MiB))
             sock.recv(1)
         received = sink.conn()
@@ -518,9 +523,9 @@ def test_set_rules_at_runtime_restarts_counting(servers: ServerLoop) -> None:
 def test_unreachable_target_resets_the_client() -> None:
     with socket.create_server((LOCAL, 0)) as placeholder:
         dead_port = placeholder.getsockname()[1]
-    with FaultProxy(LOCAL, dead_port) as proxy, connect(proxy.port) as sock:
-        with pytest.raises(ConnectionResetError):
-            sock.sendall(b"hello")
+    with FaultProxy(LOCAL, dead_port) as proxy:
+        with pytest.raises(ConnectionResetError), connect(proxy.port) as sock:
+            sock.sendall(b"hello")  # the RST may come as early as connect()
             sock.recv(1)
         proxy.wait_for(lambda s: s.upstream_errors == 1 and s.active == 0)
 
@@ -699,6 +704,19 @@ def test_http_mode_link_faults_still_apply(backend: Backend) -> None:
             requests.put(f"{proxy.url()}/big", data=bytes(4 * MiB), timeout=10)
         assert proxy.stats().faults["reset"] == 1
     assert backend.seen == []  # the request never completed
+
+
+def test_http_mode_over_a_slow_link(backend: Backend) -> None:
+    body = payload(1 * MiB, seed=4)
+    rules = [Throttle(bytes_per_sec=2 * MiB, latency_ms=100, direction=Direction.BOTH)]
+    with FaultProxy(LOCAL, backend.port, rules, http=True) as proxy, requests.Session() as s:
+        started = time.monotonic()
+        put = s.put(f"{proxy.url()}/slow", data=body, timeout=30)
+        get = s.get(f"{proxy.url()}/after", timeout=30)
+        elapsed = time.monotonic() - started
+    assert (put.status_code, put.text) == (200, f"PUT {md5(body)}")
+    assert get.status_code == 200
+    assert 0.5 + 0.4 <= elapsed < 10  # 1 MiB at 2 MiB/s, plus 4 one-way delays
 
 
 def test_http_rules_need_http_mode() -> None:

@@ -14,6 +14,20 @@ Sync tests and subprocess CLI tests run it in a background thread with its own e
 
 Async tests can run it in their own loop with ``async with FaultProxy(...) as proxy``.
 
+HTTP mode (``http=True``, plain HTTP only) parses requests and can answer matching ones itself::
+
+    rules = [HttpDrop(method="PUT", query="partNumber=", nth=2),          # "stored", never sent
+             HttpRespond(method="POST", query="uploadId=", status=200,
+                         body="<Error><Code>InternalError</Code></Error>", forward=True),
+             HttpRespond(query="partNumber=", probability=0.1, status=503, retry_after=2)]
+    with FaultProxy("127.0.0.1", s3_port, rules, http=True, seed=1) as proxy: ...
+        [(r.method, r.query, r.action, r.status) for r in proxy.stats().requests]
+
+Counters (``proxy.stats()``, a snapshot): connections, active, bytes_up/bytes_down delivered,
+upstream_errors, ``faults`` (Counter by kind), ``fault_log`` (kind, connection, direction,
+offset) and ``requests`` (HttpExchange per request). A response the client has seen is
+already counted; connection ends are not (use ``proxy.wait_for(predicate)``).
+
 Rule selection (every rule): ``first=K`` (the first K candidates), ``every=n`` (the n-th, 2n-th,
 ...), ``nth=n`` (only the n-th), ``probability=p`` (a seeded RNG, so runs are reproducible).
 Criteria combine with AND; none set means every candidate. Candidates are connections for link
@@ -227,7 +241,7 @@ FaultKind = Literal["reset", "corrupt", "stall", "throttle", "respond", "drop"]
 @dataclass(frozen=True)
 class FaultEvent:
     kind: FaultKind
-    connection: int  # 1-based accept order
+    connection: int  # 1-based accept order since start (or reset_stats)
     direction: Direction | None = None
     offset: int | None = None  # stream offset in `direction` where it fired
 
@@ -267,12 +281,12 @@ class _Stats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._active = 0  # not cleared: open connections stay open
         self.clear()
 
     def clear(self) -> None:
         with self._lock:
             self._connections = 0
-            self._active = getattr(self, "_active", 0)  # open connections stay open
             self._bytes = {Direction.UP: 0, Direction.DOWN: 0}
             self._upstream_errors = 0
             self._faults: list[FaultEvent] = []
@@ -348,10 +362,6 @@ class _RuleBook:
         armed = [_ArmedRule(rule, self._seed, i) for i, rule in enumerate(rules)]
         with self._lock:
             self._rules = armed
-
-    def has_http_rules(self) -> bool:
-        with self._lock:
-            return any(isinstance(a.rule, HttpRespond | HttpDrop) for a in self._rules)
 
     def for_connection(self) -> list[LinkRule]:
         with self._lock:
@@ -512,7 +522,7 @@ class _ResetFault(Exception):
 
 
 class _StallFault(Exception):
-    """The link stalled: the caller should hold the connection open (see Conn.hold)."""
+    """The link stalled: the caller should hold the connection open (see _Conn.hold)."""
 
 
 class _TlsRecordScanner:
@@ -1365,7 +1375,8 @@ class FaultProxy:
     def wait_for(
         self, predicate: Callable[[ProxyStats], bool], timeout: float = 10.0
     ) -> ProxyStats:
-        """Poll the counters until `predicate` holds (connections finish asynchronously)."""
+        """Poll the counters until `predicate` holds (connections finish asynchronously).
+        Blocks: call it from a test thread, not from the loop the proxy runs in."""
         deadline = time.monotonic() + timeout
         while True:
             stats = self.stats()
