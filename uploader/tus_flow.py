@@ -71,9 +71,11 @@ class Segment:
 
 
 def plan_segments(size: int, chunk: int, concurrency: int) -> list[Segment]:
-    """Equal partials, each a whole number of chunks, at most MAX_PARTIALS of them."""
+    """One partial upload per worker (as tus-js-client's parallelUploads does), each a run
+    of whole chunks sent by sequential PATCHes: the URL is known before any data moves, so a
+    failure inside a partial resumes by HEAD, and the server joins few objects, not many."""
     chunks = max(1, math.ceil(size / chunk))
-    per = max(1, math.ceil(chunks / min(MAX_PARTIALS, max(concurrency, chunks))))
+    per = math.ceil(chunks / max(1, min(concurrency, chunks, MAX_PARTIALS)))
     step = per * chunk
     return [Segment(base, min(step, size - base)) for base in range(0, size, step)]
 
@@ -202,9 +204,11 @@ class TusFlow:
 
     async def _create(self, segment: Segment, *, partial: bool) -> None:
         """POST a new upload for the segment; a segment of one chunk rides in the POST
-        (creation-with-upload), so it costs a single request."""
+        (creation-with-upload), so it costs a single request. That includes an empty file:
+        @tus/s3-store only writes the object of a 0-byte upload once a body (even an empty
+        one) arrives, and creation-with-upload delivers it without a PATCH."""
         first: FileSlice | None = None
-        if self.protocol.server.supports("creation-with-upload") and 0 < segment.length <= self.chunk:
+        if self.protocol.server.supports("creation-with-upload") and segment.length <= self.chunk:
             first = FileSlice(self.run.identity.path, segment.base, segment.length)
         checksum = await self._checksum(first) if first is not None else None
         url, state = await self.run.call(
@@ -420,7 +424,7 @@ class _SyncTus:
             except SessionLost as exc:
                 log.warning("The server no longer has the interrupted upload (%s); starting a new upload", exc)
                 self.url = None
-        whole = self.protocol.server.supports("creation-with-upload") and self.size > 0
+        whole = self.protocol.server.supports("creation-with-upload")
         first = FileSlice(self.identity.path, 0, self.size) if whole else None
         deadline = (self.options.sync_deadline or sync_deadline(self.size)) if whole else 60.0
         request = self.protocol.create_upload(self.size, first=first, checksum=self._checksum(first))

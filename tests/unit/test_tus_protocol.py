@@ -298,8 +298,9 @@ def test_termination() -> None:
 
 def test_segments_cover_the_file_in_whole_chunks() -> None:
     segments = plan_segments(10_000, 1000, 4)
-    assert [(s.base, s.length) for s in segments] == [(i * 1000, 1000) for i in range(10)]
-    many = plan_segments(1000 * 1000 + 7, 1000, 8)
+    assert [(s.base, s.length) for s in segments] == [(0, 3000), (3000, 3000), (6000, 3000), (9000, 1000)]
+    assert [(s.base, s.length) for s in plan_segments(2500, 1000, 8)] == [(0, 1000), (1000, 1000), (2000, 500)]
+    many = plan_segments(1000 * 1000 + 7, 1000, 128)
     assert len(many) <= MAX_PARTIALS
     assert sum(s.length for s in many) == 1000 * 1000 + 7
     assert all(s.length % 1000 == 0 for s in many[:-1])
@@ -460,11 +461,18 @@ def test_small_file_is_one_creation_with_upload(tmp_path: Path, source: Path) ->
 def test_empty_file_is_created_and_finished_without_patch(tmp_path: Path) -> None:
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
-    flow, script = make_flow(tmp_path, empty, [OPTIONS_OK, created()])
+    flow, script = make_flow(tmp_path, empty, [OPTIONS_OK, created(**{"upload-offset": "0"})])
     go(flow)
     assert script.methods() == ["OPTIONS", "POST"]
     assert script.sent[1].headers["Upload-Length"] == "0"
-    assert script.sent[1].body == b""
+    # creation-with-upload of nothing: the S3 store finishes a 0-byte upload only on a body
+    assert script.sent[1].headers["Content-Type"] == "application/offset+octet-stream"
+    assert script.sent[1].body_length == 0
+    core_only = HttpResponse(204, {"tus-version": "1.0.0", "tus-extension": "creation"})
+    flow, script = make_flow(tmp_path, empty, [core_only, created()])
+    go(flow)
+    assert script.methods() == ["OPTIONS", "POST"]
+    assert script.sent[1].body == b"" and "Content-Type" not in script.sent[1].headers
 
 
 def test_too_large_fails_before_any_byte(tmp_path: Path, source: Path) -> None:
