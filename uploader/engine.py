@@ -25,6 +25,7 @@ from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
     RESUME_HINT,
     LockedError,
+    PermanentError,
     SessionLost,
     SourceChangedError,
     TransientError,
@@ -45,6 +46,8 @@ from uploader.wire import FileSlice, HttpRequest, HttpResponse
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHECKPOINT_EVERY = 1.0  # seconds between manifest writes while parts stream in
+# Complete-time error codes that mean "your part list and mine differ".
+PART_MISMATCH = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
 
 
 def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
@@ -213,6 +216,10 @@ class _Upload:
             marker = listing.next_marker
 
     async def send_parts(self, todo: list[PartRecord]) -> Completed:
+        await self._send_all(todo)
+        return await self.complete()
+
+    async def _send_all(self, todo: list[PartRecord]) -> None:
         assert self.manifest is not None
         queue: asyncio.Queue[PartRecord] = asyncio.Queue()
         for record in todo:
@@ -223,7 +230,6 @@ class _Upload:
             await _gather_or_cancel(workers)
         finally:
             await self.checkpoint(force=True)
-        return await self.complete()
 
     async def _worker(self, queue: asyncio.Queue[PartRecord]) -> None:
         assert self.manifest is not None
@@ -243,15 +249,26 @@ class _Upload:
         return await asyncio.to_thread(digest_range, self.identity.path, part.offset, part.length,
                                        self.protocol.part_digests)
 
-    async def complete(self) -> Completed:
+    async def complete(self, verified: bool = False) -> Completed:
         assert self.manifest is not None
         session = self.manifest.session
         etags = [(p.number, p.etag) for p in self.manifest.parts if p.etag is not None]
         if len(etags) != len(self.manifest.parts):
             missing = len(self.manifest.parts) - len(etags)
             raise UploadFailed(f"{missing} parts were not confirmed; {RESUME_HINT}")
-        done = await self.call(lambda: self.protocol.complete(session, etags),
-                               lambda resp: self.protocol.parse_complete(resp, session))
+        try:
+            done = await self.call(lambda: self.protocol.complete(session, etags),
+                                   lambda resp: self.protocol.parse_complete(resp, session))
+        except PermanentError as exc:
+            if verified or exc.code not in PART_MISMATCH:
+                raise
+            # A part answered 200 may never have been stored (a middlebox, a flaky store):
+            # ask the server what it really has, resend the rest, complete once more.
+            log.warning("The server refused to complete (%s); checking which parts it has", exc.code)
+            todo = await asyncio.to_thread(reconcile, self.manifest.parts,
+                                           await self.server_parts(self.manifest), self._local_etag)
+            await self._send_all(todo)
+            return await self.complete(verified=True)
         self.store.delete()  # only now: the server confirmed the whole object
         self.manifest = None
         return done

@@ -107,6 +107,10 @@ class AsyncTransport:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=True
         )
+        # aiohttp silently re-sends an idempotent request (our PUTs) once after a
+        # disconnect, reusing a body generator that may be half consumed (DESIGN rule 1)
+        # and spending a retry we don't count. Our retry layer rebuilds the body instead.
+        self._session._retry_connection = False
         return self
 
     def _note_tls(self, resp: aiohttp.ClientResponse) -> None:
@@ -158,5 +162,8 @@ class AsyncTransport:
                 data = await resp.content.read(MAX_RESPONSE)
                 self._note_tls(resp)
                 return HttpResponse(resp.status, lower_headers(dict(resp.headers)), data)
+        except aiohttp.ServerTimeoutError as exc:  # sock_read: the reply stopped coming
+            raise TransientError(f"{req.label}: stalled, no bytes moved for {self.stall_timeout:.0f}s "
+                                 f"(waiting for the reply)", cause=exc) from exc
         except (aiohttp.ClientError, ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
             raise classify_exception(exc, req.label or req.method) from exc
