@@ -375,10 +375,10 @@ class _SyncTus:
     every remaining byte in one PATCH under the wall-clock deadline of the original system."""
 
     def __init__(self, protocol: TusProtocol, identity: FileIdentity, options: UploadOptions,
-                 store: ManifestStore) -> None:
+                 store: ManifestStore, transport: SyncTransport | None = None) -> None:
         self.protocol, self.identity, self.options, self.store = protocol, identity, options, store
-        self.transport = SyncTransport(ca_bundle=options.ca_bundle, connect_timeout=options.connect_timeout,
-                                       stall_timeout=options.stall_timeout)
+        self.transport = transport or SyncTransport(
+            ca_bundle=options.ca_bundle, connect_timeout=options.connect_timeout, stall_timeout=options.stall_timeout)
         self.size = identity.size
         self.url: str | None = None
         self.leftovers: list[str] = []  # partial uploads the single upload replaces
@@ -457,10 +457,11 @@ class _SyncTus:
 
 
 def sync_fallback(protocol: MultipartProtocol, identity: FileIdentity, options: UploadOptions,
-                  store: ManifestStore, sleep: Callable[[float], None] = time.sleep) -> Completed:
+                  store: ManifestStore, sleep: Callable[[float], None] = time.sleep, *,
+                  transport: SyncTransport | None = None) -> Completed:
     """Same contract as uploader.fallback.single_shot_upload, for tus: 3 attempts, 5 s apart;
     on success the manifest is removed, on failure it stays (with the upload URL)."""
-    flow = _SyncTus(cast(TusProtocol, protocol), identity, options, store)
+    flow = _SyncTus(cast(TusProtocol, protocol), identity, options, store, transport)
     flow.adopt_manifest()
     last: Exception | None = None
     for attempt in range(1, options.sync_attempts + 1):

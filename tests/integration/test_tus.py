@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from resume import FileIdentity, ManifestStore
-from tests.integration.cli import Run, manifests, popen_cli, run_cli
+from tests.integration.cli import Run, manifests, popen_cli, run_cli, s3_env
 from tests.servers.fault_proxy import FaultProxy, Reset, Stall
 from tests.servers.seaweed import SeaweedFS
 from tests.servers.tus_servers import TusNodeServer
@@ -249,6 +249,30 @@ def test_abort_deletes_the_server_upload_and_the_manifest(
     assert manifests(state) == []
     again = run_cli("abort", str(src), "tus+" + file_tus.url, "--state-dir", str(state), "--json", env=env)
     assert (again.code, again.summary) == (0, {"aborted": False})
+
+
+def test_abort_is_generic_and_aborts_an_s3_multipart_upload(
+        seaweed: SeaweedFS, make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    # `chunkhaul abort` goes through the protocol's abort(): for S3, AbortMultipartUpload.
+    src = make_random_file("s3abort.bin", 200 * MiB)
+    state, key = tmp_path / "state", seaweed.unique_key("abort")
+    dest, env = f"s3://{seaweed.bucket}/{key}", s3_env(seaweed, tmp_path)
+    proc = popen_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                     "--part-size", "5MiB", "--concurrency", "2", env=env)
+    deadline = time.monotonic() + 120
+    while not seaweed.list_multipart_uploads(prefix=key) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the upload ended before it could be interrupted"
+        time.sleep(0.05)
+    while not manifests(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seaweed.list_multipart_uploads(prefix=key) != []
+    result = run_cli("abort", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                     env=env)
+    assert result.code == 0, result.stderr
+    assert seaweed.list_multipart_uploads(prefix=key) == []
+    assert manifests(state) == []
 
 
 def test_restart_deletes_the_old_upload(file_tus: TusNodeServer, env: dict[str, str],

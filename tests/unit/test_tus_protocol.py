@@ -38,7 +38,7 @@ from uploader.targets.tus import (
     encode_metadata,
     parse_tus_url,
 )
-from uploader.tus_flow import MAX_PARTIALS, TusFlow, plan_segments
+from uploader.tus_flow import MAX_PARTIALS, TusFlow, plan_segments, sync_fallback
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 ENDPOINT = "http://tus.test/files/"
@@ -562,3 +562,67 @@ def test_concatenation_uploads_partials_then_the_final(tmp_path: Path, source: P
         assert isinstance(post.body, FileSlice)
         chunk = data[post.body.offset:post.body.offset + post.body.length]
         assert post.headers["Upload-Checksum"] == "sha1 " + base64.b64encode(hashlib.sha1(chunk).digest()).decode()
+
+
+# ----- the sync fallback against scripted replies -----------------------------------------
+
+
+@dataclass
+class SyncScript:
+    replies: list[HttpResponse | Exception]
+    sent: list[tuple[HttpRequest, float | None]] = field(default_factory=list)
+
+    def send(self, req: HttpRequest, deadline: float | None = None) -> HttpResponse:
+        self.sent.append((req, deadline))
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def run_sync(tmp_path: Path, source: Path, replies: list[HttpResponse | Exception]) -> tuple[SyncScript, str]:
+    options = UploadOptions(source=str(source), destination="tus+" + ENDPOINT, state_dir=tmp_path / "state")
+    protocol = TusProtocol(ENDPOINT, source=str(source), chunk_size=1000)
+    identity = FileIdentity.of(str(source))
+    store = ManifestStore(tmp_path / "state", identity.path, protocol.destination())
+    script = SyncScript(list(replies))
+    done = sync_fallback(protocol, identity, options, store, sleep=lambda _: None,
+                         transport=script)  # type: ignore[arg-type]
+    assert not store.path.exists()
+    return script, done.location
+
+
+def test_sync_fallback_without_creation_with_upload_is_post_then_one_patch(tmp_path: Path, source: Path) -> None:
+    core = HttpResponse(204, {"tus-version": "1.0.0", "tus-extension": "creation"})
+    script, url = run_sync(tmp_path, source, [core, created(), ok(2500)])
+    assert [r.method for r, _ in script.sent] == ["OPTIONS", "POST", "PATCH"]
+    patch, deadline = script.sent[2]
+    assert patch.body == FileSlice(str(source), 0, 2500)
+    assert deadline == 300.0  # the original system's rule: 10 s per MB, at least 5 min
+    assert url == UPLOAD
+
+
+def test_sync_fallback_with_creation_with_upload_is_one_post(tmp_path: Path, source: Path) -> None:
+    script, _ = run_sync(tmp_path, source, [OPTIONS_OK, created(**{"upload-offset": "2500"})])
+    assert [r.method for r, _ in script.sent] == ["OPTIONS", "POST"]
+    assert script.sent[1][0].body == FileSlice(str(source), 0, 2500)
+
+
+def test_sync_fallback_continues_the_interrupted_upload(tmp_path: Path, source: Path) -> None:
+    _interrupted(tmp_path, source)
+    script, url = run_sync(tmp_path, source, [OPTIONS_OK, head(1000, 2500), TransientError("cut"),
+                                              head(1800, 2500), ok(2500)])
+    assert [r.method for r, _ in script.sent] == ["OPTIONS", "HEAD", "PATCH", "HEAD", "PATCH"]
+    assert script.sent[2][0].body == FileSlice(str(source), 1000, 1500)  # every remaining byte, once
+    assert script.sent[4][0].body == FileSlice(str(source), 1800, 700)  # after a failure: HEAD, the rest
+    assert url == UPLOAD
+
+
+def test_sync_fallback_replaces_a_lost_upload(tmp_path: Path, source: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _interrupted(tmp_path, source)
+    with caplog.at_level(logging.WARNING):
+        script, url = run_sync(tmp_path, source, [OPTIONS_OK, REAL_410, created(ENDPOINT + "new", **{
+            "upload-offset": "2500"})])
+    assert [r.method for r, _ in script.sent] == ["OPTIONS", "HEAD", "POST"]
+    assert url == ENDPOINT + "new"
+    assert sum("no longer has" in r.getMessage() for r in caplog.records) == 1
