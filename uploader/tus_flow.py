@@ -223,7 +223,9 @@ class TusFlow:
         connection) are retried by run.call; only 404/410 or an expiry lose the upload."""
         assert segment.url is not None
         if check_expiry and segment.expired(time.time()):
-            raise SessionLost(f"it expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(segment.expires))}")
+            # Known from Upload-Expires: no request needed to learn the server dropped it.
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(segment.expires))
+            raise SessionLost(f"it expired at {when}")
         url = segment.url
         state = await self.run.call(lambda: self.protocol.head(url), self.protocol.parse_head)
         if state.length is not None and state.length != segment.length:
@@ -303,7 +305,6 @@ class TusFlow:
 
     async def _sequential(self, segment: Segment) -> Completed:
         assert segment.url is not None
-        self._shown.setdefault(id(segment), segment.offset)
         await self._push(segment)
         return self._finish(segment.url)
 
@@ -316,8 +317,6 @@ class TusFlow:
 
     async def _parallel(self) -> Completed:
         segments = self.segments
-        for segment in segments:
-            self._shown.setdefault(id(segment), segment.offset)
         todo: asyncio.Queue[Segment] = asyncio.Queue()
         for segment in segments:
             if not segment.done:
