@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import logging
 import os
+import time
 import zlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -44,7 +45,8 @@ from uploader.wire import FileSlice, HttpRequest, HttpResponse
 ENDPOINT = "http://tus.test/files/"
 UPLOAD = "http://tus.test/files/47d66988a1c81eae70cf96a8b9a954b5"
 FILENAME = "Überprüfung – Straße 5 (日本).pdf"
-EXPIRES = "Thu, 03 Dec 2026 16:27:00 GMT"
+EXPIRES = "Thu, 03 Dec 2026 16:27:00 GMT"  # as recorded; soon in the past
+IN_A_DAY = formatdate(time.time() + 86400, usegmt=True)  # for flows that must not see an expired upload
 
 # Recorded from @tus/server 2.4.5 + @tus/file-store (CORS headers trimmed).
 REAL_OPTIONS = {"tus-extension": "creation,creation-with-upload,creation-defer-length,termination,expiration",
@@ -482,7 +484,7 @@ def test_too_large_fails_before_any_byte(tmp_path: Path, source: Path) -> None:
     assert script.methods() == ["OPTIONS"]
 
 
-def _interrupted(tmp_path: Path, source: Path, expires: str = EXPIRES) -> None:
+def _interrupted(tmp_path: Path, source: Path, expires: str = IN_A_DAY) -> None:
     """A first run that stopped after 1000 bytes (its manifest stays)."""
     flow, _ = make_flow(tmp_path, source, [OPTIONS_OK, created(**{"upload-expires": expires}), ok(1000),
                                            TransientError("reset"), head(1000, 2500), TransientError("reset"),
