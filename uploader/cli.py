@@ -13,7 +13,7 @@ from typing import Any
 
 from resume import LockHeld, ManifestStore
 from uploader.config import DEFAULT_CONCURRENCY, UploadOptions
-from uploader.engine import build_protocol, upload_async
+from uploader.engine import abort_requests, build_protocol, upload_async
 from uploader.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -201,8 +201,7 @@ async def abort_async(options: UploadOptions) -> bool:
 
 async def _abort_server_side(protocol: Any, session: dict[str, Any], options: UploadOptions) -> None:
     # tus concatenation leaves several uploads (partials + final); abort_requests names them all.
-    abort_all = getattr(protocol, "abort_requests", None)
-    requests = abort_all(session) if abort_all else [protocol.abort(session)]
+    requests = abort_requests(protocol, session)
     async with AsyncTransport(concurrency=1, connect_timeout=options.connect_timeout,
                               stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle) as transport:
         for request in requests:

@@ -286,11 +286,18 @@ class _Upload:
         manifest, _ = self.store.load_or_none()
         if manifest is not None and manifest.session.get("upload_id"):
             try:
-                await self.transport.send(self.protocol.abort(manifest.session))
-                log.info("Aborted the previous upload %s", manifest.session.get("upload_id"))
+                for request in abort_requests(self.protocol, manifest.session):
+                    await self.transport.send(request)
+                log.info("Aborted the previous upload %s", redact_url(str(manifest.session["upload_id"])))
             except UploadFailed as exc:
                 log.warning("Could not abort the previous upload (%s); starting over anyway", exc)
         self.store.delete()
+
+
+def abort_requests(protocol: MultipartProtocol, session: dict[str, Any]) -> list[HttpRequest]:
+    """Everything to delete for a session (tus concatenation made several uploads)."""
+    many = getattr(protocol, "abort_requests", None)
+    return list(many(session)) if many else [protocol.abort(session)]
 
 
 def _swap(parse: Callable[[HttpResponse, Part], T]) -> Callable[[Part, HttpResponse], T]:
@@ -412,10 +419,13 @@ def _fallback_reason(exc: UploadFailed, run: _Upload, started: float) -> dict[st
 
 async def _fallback(run: _Upload) -> Completed:
     await run.checkpoint(force=True)
-    done = await asyncio.to_thread(single_shot_upload, run.protocol, run.identity, run.options, run.store)
+    fallback = single_shot_upload
+    if run.protocol.kind == "tus":  # tus can send just the bytes the server lacks
+        from uploader.tus_flow import sync_fallback as fallback
+    done = await asyncio.to_thread(fallback, run.protocol, run.identity, run.options, run.store)
     run.manifest = None
+    run.bytes_sent += run.identity.size - run.progress.done
     run.progress.commit(run.identity.size - run.progress.done)
-    run.bytes_sent += run.identity.size
     return done
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chunker import PartDigest, digest_range
+from chunker import digest_range
 from resume import FileIdentity, ManifestStore
 from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, FallbackUnavailable, TransientError, UploadFailed
@@ -38,31 +38,30 @@ def single_shot_upload(
     digest = digest_range(identity.path, 0, size, protocol.part_digests)
     deadline = options.sync_deadline or sync_deadline(size)
     log.info("Upload timeout set to %ds for %s file", int(deadline), mb(size))
+    def attempt() -> Completed:
+        return protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
+
+    done = attempt_loop(attempt, options, sleep)
+    _forget_multipart(protocol, store, transport)
+    return done
+
+
+def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions,
+                 sleep: Callable[[float], None] = time.sleep) -> Completed:
+    """The original system's retry shape: N attempts, a fixed pause, transient errors only
+    (a 4xx is final at once). Shared by every target's single shot."""
     last: Exception | None = None
-    for attempt in range(1, options.sync_attempts + 1):
-        log.info("Sync upload attempt %d/%d...", attempt, options.sync_attempts)
+    for number in range(1, options.sync_attempts + 1):
+        log.info("Sync upload attempt %d/%d...", number, options.sync_attempts)
         try:
-            done = _attempt(protocol, transport, size, digest, deadline)
+            return attempt()
         except TransientError as exc:
             last = exc
-            log.warning("Sync upload attempt %d/%d failed: %s", attempt, options.sync_attempts, exc)
-            if attempt < options.sync_attempts:
+            log.warning("Sync upload attempt %d/%d failed: %s", number, options.sync_attempts, exc)
+            if number < options.sync_attempts:
                 sleep(options.sync_delay)
-            continue
-        _forget_multipart(protocol, store, transport)
-        return done
     raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
                        f"the manifest is kept, {RESUME_HINT}")
-
-
-def _attempt(protocol: MultipartProtocol, transport: SyncTransport, size: int, digest: PartDigest,
-             deadline: float) -> Completed:
-    """One single-shot attempt. A target may first ask its API where the file goes (Procore:
-    a create call answers with an S3 POST form); a fresh ask per attempt, as forms expire."""
-    prepare = getattr(protocol, "prepare_single_shot", None)
-    if prepare is not None:
-        protocol.parse_prepare_single_shot(transport.send(prepare(size), PREPARE_DEADLINE))  # type: ignore[attr-defined]
-    return protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
 
 
 def _forget_multipart(protocol: MultipartProtocol, store: ManifestStore, transport: SyncTransport) -> None:

@@ -21,6 +21,7 @@ from chunker import digest_range
 from resume import FileIdentity, Manifest, ManifestStore
 from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, PermanentError, SessionLost, TransientError, UploadFailed
+from uploader.fallback import attempt_loop
 from uploader.redact import redact_url
 from uploader.source import mb
 from uploader.targets.base import Completed, MultipartProtocol
@@ -462,19 +463,7 @@ def sync_fallback(protocol: MultipartProtocol, identity: FileIdentity, options: 
     on success the manifest is removed, on failure it stays (with the upload URL)."""
     flow = _SyncTus(cast(TusProtocol, protocol), identity, options, store, transport)
     flow.adopt_manifest()
-    last: Exception | None = None
-    for attempt in range(1, options.sync_attempts + 1):
-        log.info("Sync upload attempt %d/%d...", attempt, options.sync_attempts)
-        try:
-            done = flow.attempt()
-        except TransientError as exc:
-            last = exc
-            log.warning("Sync upload attempt %d/%d failed: %s", attempt, options.sync_attempts, exc)
-            if attempt < options.sync_attempts:
-                sleep(options.sync_delay)
-            continue
-        flow.forget_leftovers()
-        store.delete()
-        return done
-    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
-                       f"the manifest is kept, {RESUME_HINT}")
+    done = attempt_loop(flow.attempt, options, sleep)
+    flow.forget_leftovers()
+    store.delete()
+    return done
