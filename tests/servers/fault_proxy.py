@@ -1406,7 +1406,7 @@ class FaultProxy:
             raise errors[0]
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         """Close the listener and every connection, then end the thread. Idempotent."""
         thread, loop, stop_event = self._thread, self._loop, self._stop_event
         if thread is None or loop is None or stop_event is None:
