@@ -21,11 +21,16 @@ class Progress:
         self._callback = callback
         self._bar: Any = None
         if bar:
+            import shutil
+
             from tqdm import tqdm
 
+            # A terminal reporting a 0x0 size (fresh ptys, some CI consoles) makes tqdm
+            # hide the bar; shutil falls back to 80x24 there.
+            size = shutil.get_terminal_size()
             self._bar = tqdm(
                 total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=label, dynamic_ncols=True, leave=True,
+                desc=label, ncols=size.columns, nrows=size.lines, leave=True,
             )
 
     def start_at(self, already: int) -> None:

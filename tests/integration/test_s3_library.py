@@ -115,3 +115,40 @@ def test_endpoint_from_env(seaweed: Any, tmp_path: Path, make_random_file: Calla
     run = run_cli("upload", str(src), f"s3://{seaweed.bucket}/{key}", "--state-dir", str(tmp_path / "s"), env=env)
     assert run.code == 0, run.stderr
     assert seaweed.head_object(key)["ContentLength"] == 1000
+
+
+def _run_on_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal, as a user's shell would."""
+    import os
+    import pty
+    import subprocess
+
+    from tests.integration.cli import REPO, cli_args
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cli_args(*args), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(seaweed: Any, tmp_path: Path, make_random_file: Callable[..., Path]) -> None:
+    src = make_random_file("bar.bin", 11 * MiB)
+    env = s3_env(seaweed, tmp_path)
+    base = ["upload", str(src), f"s3://{seaweed.bucket}/{seaweed.unique_key('bar')}", "--endpoint-url",
+            seaweed.endpoint, "--part-size", "5MiB", "--state-dir", str(tmp_path / "s")]
+    code, screen = _run_on_terminal(base, env)
+    assert code == 0, screen
+    assert "100%" in screen and "11.0M/11.0M" in screen  # tqdm's bytes counter reached the file size
+    code, quiet = _run_on_terminal([*base, "-q"], env)
+    assert code == 0 and "%|" not in quiet
+    piped = run_cli(*base, env=env)
+    assert piped.code == 0 and "%|" not in piped.stderr
