@@ -10,3 +10,12 @@ lint:
 	scripts/bootstrap.sh
 	.venv/bin/ruff check chunker resume uploader tests bench
 	.venv/bin/mypy
+# bench: chunkhaul vs boto3, aws-cli, s5cmd, rclone, curl, tuspy, tus-js-client (bench/RESULTS.md).
+# BENCH_ARGS=--quick for a 3-minute run; see `.venv/bin/python -m bench.run --help`.
+bench:
+	bench/setup.sh
+	.venv/bin/python -m bench.run $(BENCH_ARGS)
+.PHONY: bench-profile
+bench-profile:
+	bench/setup.sh
+	.venv/bin/python -m bench.profile $(PROFILE_ARGS)

@@ -5,6 +5,7 @@ process and its threads, not the servers. Timestamps are monotonic."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -35,10 +36,8 @@ class Sample:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # Linux carries a process's peak RSS across fork and exec (exec_mmap keeps the old mm's

@@ -222,6 +222,7 @@ def scenario_tus(settings: Settings, size_mib: int, tuspy_chunks: Sequence[int])
     src = data_file(settings, size_mib)
     with timed(result, settings), TusNodeServer(directory=settings.work_dir / "tus-files") as server:
         problem = tus_target_works(settings, server)
+        _clear_dir(server.directory)
         chunkhaul_tools = [] if problem else [Tool(CHUNKHAUL, chunkhaul_tus())]
         if problem:
             result.notes.append(f"chunkhaul skipped: tus target not landed ({problem})")

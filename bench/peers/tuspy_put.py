@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tusclient import client
@@ -17,7 +18,10 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--chunk-mib", type=int, default=0)
     args = ap.parse_args(argv)
     kwargs = {"chunk_size": args.chunk_mib << 20} if args.chunk_mib else {}
-    uploader = client.TusClient(args.url).uploader(args.file, **kwargs)
+    # A filename, as tus-js-client sends: tuspy sends an empty Upload-Metadata header otherwise,
+    # which @tus/server refuses (400 Invalid upload-metadata).
+    metadata = {"filename": os.path.basename(args.file)}
+    uploader = client.TusClient(args.url).uploader(args.file, metadata=metadata, **kwargs)
     uploader.upload()
     if uploader.offset != uploader.get_file_size():
         raise SystemExit(f"tuspy stopped at {uploader.offset} of {uploader.get_file_size()} bytes")
