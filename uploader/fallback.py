@@ -38,7 +38,9 @@ def single_shot_upload(
     digest = digest_range(identity.path, 0, size, protocol.part_digests)
     deadline = options.sync_deadline or sync_deadline(size)
     log.info("Upload timeout set to %ds for %s file", int(deadline), mb(size))
+
     def attempt() -> Completed:
+        _prepare(protocol, transport, size)
         return protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
 
     done = attempt_loop(attempt, options, sleep)
@@ -62,6 +64,14 @@ def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions,
                 sleep(options.sync_delay)
     raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
                        f"the manifest is kept, {RESUME_HINT}")
+
+
+def _prepare(protocol: MultipartProtocol, transport: SyncTransport, size: int) -> None:
+    """A target may first ask its API where the file goes (Procore: a create call answers
+    with an S3 POST form); a fresh ask per attempt, as forms expire."""
+    prepare = getattr(protocol, "prepare_single_shot", None)
+    if prepare is not None:
+        protocol.parse_prepare_single_shot(transport.send(prepare(size), PREPARE_DEADLINE))  # type: ignore[attr-defined]
 
 
 def _forget_multipart(protocol: MultipartProtocol, store: ManifestStore, transport: SyncTransport) -> None:
