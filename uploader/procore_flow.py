@@ -231,15 +231,15 @@ class ProcoreFlow:
         if lost:
             raise SessionLost(f"Procore recorded part {lost[0]}, but the manifest lost its ETag")
         unconfirmed = [p for p in parts if p.number in status.pending and p.etag is not None]
-        if unconfirmed:
-            await self._confirm_sent(unconfirmed)
-        return False
+        # With every ETag at hand this PATCH completes the upload: no second PATCH then.
+        return bool(unconfirmed) and await self._confirm_sent(unconfirmed) in ("complete", "available")
 
-    async def _confirm_sent(self, unconfirmed: list[PartRecord]) -> None:
+    async def _confirm_sent(self, unconfirmed: list[PartRecord]) -> str:
         """A failed write may have written anything: the PATCH lets Procore check the ETags
-        the manifest holds against storage; if it refuses, those parts are sent again."""
+        the manifest holds against storage; if it refuses, those parts are sent again.
+        Returns the upload's status after the PATCH ("" when refused)."""
         try:
-            await self._record_progress()
+            return await self._record_progress()
         except PermanentError as exc:
             if exc.status != 422:
                 raise
@@ -247,6 +247,7 @@ class ProcoreFlow:
                         "sending them again", len(unconfirmed), exc)
             for part in unconfirmed:
                 part.etag = None
+            return ""
 
     # -- sending --------------------------------------------------------------------
 
@@ -331,12 +332,13 @@ class ProcoreFlow:
             except (TransientError, PermanentError) as exc:
                 log.warning("Could not record progress with Procore (%s); the upload goes on", exc)
 
-    async def _record_progress(self) -> None:
+    async def _record_progress(self) -> str:
         session = self.manifest.session
         etags = [p.etag for p in self.manifest.parts]
-        await self.run.call(lambda: self.proto.progress(session, etags), self.proto.parse_patch)
+        status = await self.run.call(lambda: self.proto.progress(session, etags), self.proto.parse_patch)
         self.reported = {p.number for p, e in zip(self.manifest.parts, etags, strict=True) if e is not None}
         log.debug("Procore recorded %d of %d parts", len(self.reported), len(etags))
+        return status
 
     # -- completion -----------------------------------------------------------------
 

@@ -455,6 +455,7 @@ class ScriptedProcore:
         self.sent: list[HttpRequest] = []
         self.expire_first_put = True
         self.sizes: dict[int, int] = {}
+        self.refuse_patch = False  # answer PATCH with 401, as for a token that ran out
 
     async def send(self, req: HttpRequest) -> HttpResponse:
         self.sent.append(req)
@@ -473,20 +474,27 @@ class ScriptedProcore:
             done = any(r.method == "PATCH" for r in self.sent)
             segments = [] if done else [v21_segment(n, s) for n, s in self.sizes.items()]
             return resp(200, {"data": {"status": "available" if done else "ready", "segments": segments}})
+        if self.refuse_patch:
+            return resp(401, {"error": "invalid_token", "error_description": "The access token is invalid"})
         return resp(200, {"data": {"upload_id": "01FLOW", "status": "complete"}})
 
 
-def test_expired_url_is_renewed_and_the_part_resent_without_spending_retries(tmp_path: Path) -> None:
+def flow_on(server: ScriptedProcore, tmp_path: Path) -> tuple[ProcoreFlow, ManifestStore]:
     src = tmp_path / "f.bin"
-    src.write_bytes(os.urandom(13 * MiB))
+    if not src.exists():
+        src.write_bytes(os.urandom(13 * MiB))
     options = UploadOptions(source=str(src), destination="procore://1/projects/10", part_size="6MiB",
                             state_dir=str(tmp_path / "state"), concurrency=2)
     p = proto(source=str(src))
-    identity = FileIdentity.of(str(src))
-    server = ScriptedProcore(Clock())
     store = ManifestStore(tmp_path / "state", str(src), p.destination())
-    run = _Upload(options, identity, p, server, store, show_bar=False)  # type: ignore[arg-type]
-    flow = ProcoreFlow(run)
+    run = _Upload(options, FileIdentity.of(str(src)), p, server, store, show_bar=False)  # type: ignore[arg-type]
+    return ProcoreFlow(run), store
+
+
+def test_expired_url_is_renewed_and_the_part_resent_without_spending_retries(tmp_path: Path) -> None:
+    server = ScriptedProcore(Clock())
+    flow, store = flow_on(server, tmp_path)
+    run = flow.run
     done = asyncio.run(flow.upload())
     assert done.upload_id == "01FLOW"
     assert run.retries == 0 and flow.renewals == 1
@@ -498,3 +506,22 @@ def test_expired_url_is_renewed_and_the_part_resent_without_spending_retries(tmp
     for req in server.sent:  # the token goes to the API only
         assert ("Authorization" in req.headers) == (req.method != "PUT")
 
+
+
+def test_resume_with_every_part_sent_completes_with_one_patch_and_no_put(tmp_path: Path) -> None:
+    server = ScriptedProcore(Clock())
+    server.expire_first_put, server.refuse_patch = False, True
+    first, store = flow_on(server, tmp_path)
+    with pytest.raises(PermanentError, match="401"):
+        asyncio.run(first.upload())
+    kept = json.loads(store.path.read_text())
+    assert [p["etag"] for p in kept["parts"]] == ["etag-1", "etag-2", "etag-3"]
+    assert TOKEN not in store.path.read_text()
+
+    server.refuse_patch, server.sent = False, []
+    second, _ = flow_on(server, tmp_path)
+    done = asyncio.run(second.upload())
+    assert done.upload_id == "01FLOW" and second.run.resumed
+    methods = [r.method for r in server.sent]
+    assert methods.count("PATCH") == 1 and "PUT" not in methods and "POST" not in methods
+    assert not store.path.exists()
