@@ -94,7 +94,7 @@ def scratch(settings: Settings, label: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
@@ -142,8 +142,8 @@ def alternate(settings: Settings, tools: Sequence[Tool], run: Callable[[Tool, in
 def _s3_run(settings: Settings, server: SeaweedFS, target: S3Target, src: Path,
             prefix: str) -> Callable[[Tool, int], Sample]:
     def run(tool: Tool, rnd: int) -> Sample:
-        key = f"{prefix}/{_slug(tool.name)}-{rnd}"
-        with scratch(settings, f"{prefix}-{_slug(tool.name)}-{rnd}") as tmp:
+        key = f"{prefix}/{slug(tool.name)}-{rnd}"
+        with scratch(settings, f"{prefix}-{slug(tool.name)}-{rnd}") as tmp:
             job = Job(src, key, tmp, s3=target)
             sample = run_once(tool.command(job), tool.environment(job), settings.timeout)
         head = server.head_object(key)
@@ -230,7 +230,7 @@ def scenario_tus(settings: Settings, size_mib: int, tuspy_chunks: Sequence[int])
         warm(src)
 
         def run(tool: Tool, rnd: int) -> Sample:
-            with scratch(settings, f"tus-{_slug(tool.name)}-{rnd}") as tmp:
+            with scratch(settings, f"tus-{slug(tool.name)}-{rnd}") as tmp:
                 job = Job(src, "", tmp, tus_url=server.url)
                 sample = run_once(tool.command(job), tool.environment(job), settings.timeout)
             _check_tus(server, src.stat().st_size, tool.name)
