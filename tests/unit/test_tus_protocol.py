@@ -51,8 +51,9 @@ IN_A_DAY = formatdate(time.time() + 86400, usegmt=True)  # for flows that must n
 # Recorded from @tus/server 2.4.5 + @tus/file-store (CORS headers trimmed).
 REAL_OPTIONS = {"tus-extension": "creation,creation-with-upload,creation-defer-length,termination,expiration",
                 "tus-max-size": "1000", "tus-resumable": "1.0.0", "tus-version": "1.0.0"}
-REAL_POST = {"location": UPLOAD, "tus-resumable": "1.0.0", "upload-expires": EXPIRES}
-REAL_PATCH = {"tus-resumable": "1.0.0", "upload-expires": EXPIRES, "upload-offset": "3"}
+# Recorded replies, with the expiry moved a day ahead so flows don't see an expired upload.
+REAL_POST = {"location": UPLOAD, "tus-resumable": "1.0.0", "upload-expires": IN_A_DAY}
+REAL_PATCH = {"tus-resumable": "1.0.0", "upload-expires": IN_A_DAY, "upload-offset": "3"}
 REAL_HEAD = {"cache-control": "no-store", "tus-resumable": "1.0.0", "upload-length": "10",
              "upload-metadata": "filename aGVsbG8=", "upload-offset": "3"}
 REAL_409 = HttpResponse(409, {"tus-resumable": "1.0.0"}, b"Upload-Offset conflict\n")
@@ -211,7 +212,7 @@ def test_options_version_mismatch_and_failures() -> None:
 
 
 def test_parse_created_real_reply_and_relative_location() -> None:
-    url, state = proto().parse_created(HttpResponse(201, REAL_POST))
+    url, state = proto().parse_created(HttpResponse(201, {**REAL_POST, "upload-expires": EXPIRES}))
     assert url == UPLOAD
     assert state.offset == 0
     assert state.expires == pytest.approx(1796315220.0)  # Thu, 03 Dec 2026 16:27:00 GMT
