@@ -20,6 +20,7 @@ from tenacity import (
 
 from chunker import Part, PartDigest, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
+from uploader.aio import gather_or_cancel
 from uploader.config import UploadOptions
 from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
@@ -227,7 +228,7 @@ class _Upload:
         workers = [asyncio.create_task(self._worker(queue))
                    for _ in range(min(self.options.concurrency, len(todo)))]
         try:
-            await _gather_or_cancel(workers)
+            await gather_or_cancel(workers)
         finally:
             await self.checkpoint(force=True)
 
@@ -302,17 +303,6 @@ def abort_requests(protocol: MultipartProtocol, session: dict[str, Any]) -> list
 
 def _swap(parse: Callable[[HttpResponse, Part], T]) -> Callable[[Part, HttpResponse], T]:
     return lambda part, resp: parse(resp, part)
-
-
-async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for all; on the first failure cancel the rest and raise that failure."""
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def _as_options(source: UploadOptions | str, destination: str | None, kwargs: dict[str, Any]) -> UploadOptions:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 
 from chunker import Part, digest_range, plan_parts, read_part
 from resume import Manifest, PartRecord
+from uploader.aio import gather_or_cancel
 from uploader.errors import (
     RESUME_HINT,
     PermanentError,
@@ -258,7 +259,7 @@ class ProcoreFlow:
         workers = [asyncio.create_task(self._worker(queue))
                    for _ in range(min(self.run.options.concurrency, len(todo)))]
         try:
-            await _gather_or_cancel(workers)
+            await gather_or_cancel(workers)
         finally:
             await self.run.checkpoint(force=True)
         return await self._finish()
@@ -388,17 +389,6 @@ def _reusable_plan(manifest: Manifest, proto: ProcoreProtocol) -> tuple[list[Par
         return None
     parts = [Part(p.number, p.offset, p.length) for p in manifest.parts]
     return parts, digests, [str(x) for x in xxh3]
-
-
-async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for all; on the first failure cancel the rest and raise that failure."""
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 async def run_procore(run: _Upload) -> Completed:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from chunker import digest_range
 from resume import FileIdentity, Manifest, ManifestStore
+from uploader.aio import gather_or_cancel
 from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, PermanentError, SessionLost, TransientError, UploadFailed
 from uploader.fallback import attempt_loop
@@ -325,7 +326,7 @@ class TusFlow:
         workers = [asyncio.create_task(self._partial_worker(todo))
                    for _ in range(min(self.run.options.concurrency, todo.qsize()))]
         try:
-            await _gather_or_cancel(workers)
+            await gather_or_cancel(workers)
         finally:
             await self._persist(force=True)
         urls = [s.url for s in segments if s.url is not None]
@@ -349,17 +350,6 @@ class TusFlow:
         state = await self.run.call(lambda: self.protocol.head(url), self.protocol.parse_head)
         if state.offset != self.size or (state.length is not None and state.length != self.size):
             raise PermanentError(f"the concatenated upload holds {state.offset} of {self.size} bytes")
-
-
-async def _gather_or_cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for all; on the first failure cancel the rest and raise that failure."""
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 async def run_tus(run: _Upload) -> Completed:

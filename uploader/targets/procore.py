@@ -22,7 +22,6 @@ import json
 import mimetypes
 import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from uploader.config import UploadOptions
 from uploader.errors import PermanentError, SessionLost, TransientError, UploadFailed, UrlExpired, UsageError
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
 from uploader.targets.base import Completed, PartListing
+from uploader.targets.s3 import error_code_and_message
 from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse
 
 Api = Literal["v2.1", "v1.1"]
@@ -201,18 +201,7 @@ def api_error(resp: HttpResponse, label: str, target: ProcoreTarget,
 
 def storage_error(resp: HttpResponse, label: str) -> Exception:
     """Classify a failed storage request (a part PUT or the POST form): S3-style XML."""
-    code, message = "", ""
-    try:
-        root = ET.fromstring(resp.body) if resp.body else None
-    except ET.ParseError:
-        root = None
-    if root is not None:
-        for el in root.iter():
-            tag = el.tag.rsplit("}", 1)[-1]
-            if tag == "Code":
-                code = el.text or ""
-            elif tag == "Message":
-                message = el.text or ""
+    code, message = error_code_and_message(resp.body)
     detail = (f"{label}: storage answered HTTP {resp.status}" + (f" {code}" if code else "")
               + (f": {message}" if message else ""))
     if resp.status == 403 and "expired" in message.lower():

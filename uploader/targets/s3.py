@@ -79,16 +79,20 @@ def _xml_all(root: ET.Element, name: str) -> list[ET.Element]:
     return [el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == name]
 
 
+def error_code_and_message(body: bytes) -> tuple[str, str]:
+    """The <Code> and <Message> of an S3-style XML error body ("" where absent)."""
+    try:
+        root = ET.fromstring(body) if body else None
+    except ET.ParseError:
+        return "", ""
+    if root is None:
+        return "", ""
+    return _xml_text(root, "Code") or "", _xml_text(root, "Message") or ""
+
+
 def s3_error(resp: HttpResponse, label: str) -> Exception:
     """Turn a non-2xx (or a 200 carrying <Error>) into our error classes."""
-    code, message = "", ""
-    try:
-        root = ET.fromstring(resp.body) if resp.body else None
-    except ET.ParseError:
-        root = None
-    if root is not None:
-        code = _xml_text(root, "Code") or ""
-        message = _xml_text(root, "Message") or ""
+    code, message = error_code_and_message(resp.body)
     detail = f"{label}: HTTP {resp.status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
     if code == "NoSuchUpload":
         return SessionLost(detail)
