@@ -208,6 +208,8 @@ def render(results: Mapping[str, Any], chart: str | None) -> str:
     ]
     if chart:
         head += [f"![results chart]({chart})", ""]
+    head += ["How to run, what each scenario does, and the analysis of these numbers (profile, experiments, "
+             "recommendations): [README.md](README.md); the profile itself: [PROFILE.md](PROFILE.md).", ""]
     body = ["## Goals (issue 7)", "", *goals(results), "", "## Scenarios", ""]
     for sc in results["scenarios"]:
         body += scenario_section(sc)
