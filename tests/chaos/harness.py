@@ -91,6 +91,28 @@ def popen(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+SLOW_FSYNC = """import os, time
+_fsync = os.fsync
+
+
+def _slow_fsync(fd):
+    time.sleep(float(os.environ.get("CHUNKHAUL_TEST_FSYNC_DELAY", "0")))
+    _fsync(fd)
+
+
+os.fsync = _slow_fsync
+"""
+
+
+def slow_disk_env(env: dict[str, str], work: Path, delay: float) -> dict[str, str]:
+    """`env` for a CLI on a slow disk: every fsync takes `delay` s longer (a sitecustomize module
+    on PYTHONPATH), so a signal or a kill can be made to land inside a manifest write."""
+    site = work / "slow-disk"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_FSYNC)
+    return {**env, "PYTHONPATH": str(site), "CHUNKHAUL_TEST_FSYNC_DELAY": str(delay)}
+
+
 # -- the proxy's request log ------------------------------------------------------------------
 
 

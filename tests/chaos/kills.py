@@ -285,6 +285,8 @@ def _state_after_kill(rig: KillRig, key: str, state: Path, kill: Kill) -> None:
             upload_id = Manifest.loads(path.read_bytes()).session.get("upload_id")
         except ManifestError:
             kill.torn_manifest = True
+    if upload_id is None and rig.server.head_object(key) is not None:
+        kill.landed = "after the upload finished (manifest removed)"  # the re-run is a new upload
     held = parts_on_server(rig.server, key, upload_id) if upload_id else {}
     if held is None:  # the server no longer knows the upload: completed (or lost)
         kill.bytes_at_kill = rig.size if rig.server.head_object(key) else 0

@@ -29,7 +29,7 @@ import trustme
 
 from resume import ManifestStore
 from tests.chaos.badservers import RecordingServer, TlsServer, leaf, old_tls_context, server_context, write_ca
-from tests.chaos.harness import Timed
+from tests.chaos.harness import Timed, slow_disk_env
 from tests.conftest import write_random_file
 from tests.integration.cli import REPO, cli_args, manifests, s3_env
 from tests.servers.fault_proxy import FaultProxy, HttpRespond, Throttle
@@ -402,6 +402,10 @@ def endpoint_unparsable(ctx: Ctx) -> Timed:
     return ctx.run(ctx.file(), endpoint="http://[::1")
 
 
+def endpoint_with_credentials(ctx: Ctx) -> Timed:
+    return ctx.run(ctx.file(), endpoint=ctx.recorder.url.replace("http://", "http://user:secret@"))
+
+
 def dest_missing_bucket(ctx: Ctx) -> Timed:
     return ctx.run(ctx.file(), dest="s3://no-such-bucket-chunkhaul/key", endpoint=ctx.seaweed.endpoint)
 
@@ -537,27 +541,6 @@ def _resumes_after_signal(ctx: Ctx, src: Path, run: Timed) -> Timed:
     return run
 
 
-SLOW_FSYNC = """import os, time
-_fsync = os.fsync
-
-
-def _slow_fsync(fd):
-    time.sleep(float(os.environ.get("CHUNKHAUL_TEST_FSYNC_DELAY", "0")))
-    _fsync(fd)
-
-
-os.fsync = _slow_fsync
-"""
-
-
-def slow_disk_env(ctx: Ctx, delay: float) -> dict[str, str]:
-    """The CLI on a slow disk: every fsync takes `delay` s longer (a sitecustomize module)."""
-    site = ctx.tmp / "slow-disk"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SLOW_FSYNC)
-    return {**ctx.env, "PYTHONPATH": str(site), "CHUNKHAUL_TEST_FSYNC_DELAY": str(delay)}
-
-
 def interrupted_during_manifest_write(sig: signal.Signals) -> Callable[[Ctx], Timed]:
     """The signal lands while a checkpoint is being written: a slow disk (fsync +0.3 s) and
     inotify on the temp file's creation put it inside the write. Up to 4 uploads: the landing
@@ -583,7 +566,7 @@ def _signal_during_save(ctx: Ctx, src: Path, sig: signal.Signals) -> Timed:
     ctx.state.mkdir(mode=0o700)
     with slow_proxy(ctx) as proxy:
         proc = subprocess.Popen(cli_args(*ctx.args(src, "--concurrency", "1", endpoint=proxy.url())),
-                                env=slow_disk_env(ctx, 0.3), cwd=REPO, text=True,
+                                env=slow_disk_env(ctx.env, ctx.tmp, 0.3), cwd=REPO, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for_part(proxy, proc, 2)
         watch = DirWatch(ctx.state)  # from now on: the checkpoint after part 2 (or 3), not the last one
@@ -656,6 +639,9 @@ ROWS: list[Any] = [
     Row("endpoint-without-scheme", endpoint_without_scheme, 2, "must start with http"),
     xfail(Row("endpoint-unparsable", endpoint_unparsable, 2, "endpoint"),
           "--endpoint-url http://[::1 ends in 'internal error: ValueError: Invalid IPv6 URL', exit 1"),
+    xfail(Row("endpoint-with-user-and-password", endpoint_with_credentials, 2, "endpoint"),
+          "--endpoint-url http://user:pw@host ends in 'internal error: ValueError: Cannot combine "
+          "AUTHORIZATION header with AUTH argument or credentials encoded in URL', exit 1"),
     Row("dest-missing-bucket", dest_missing_bucket, 1, "NoSuchBucket"),
     Row("dest-403-wrong-secret", dest_403, 1, "HTTP 403"),
     Row("dest-413", dest_413, 1, "HTTP 413"),
