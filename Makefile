@@ -19,3 +19,10 @@ bench:
 bench-profile:
 	bench/setup.sh
 	.venv/bin/python -m bench.profile $(PROFILE_ARGS)
+chaos:
+	scripts/bootstrap.sh
+	.venv/bin/python -m tests.chaos.chaos --uploads $${CHAOS_UPLOADS:-200} --seed $${CHAOS_SEED:-1} \
+		--out $${TMPDIR:-/tmp}/chunkhaul-chaos-figures.json; chaos=$$?; \
+	.venv/bin/python -m tests.chaos.kills --kills $${CHAOS_KILLS:-50} --seed $${CHAOS_SEED:-1} \
+		--out $${TMPDIR:-/tmp}/chunkhaul-kill-figures.json; kills=$$?; \
+	exit $$((chaos | kills))
