@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import botocore.session
 from botocore.exceptions import BotoCoreError, ProfileNotFound
 
 from uploader.config import UploadOptions
 from uploader.errors import UsageError
+from uploader.redact import redact_url
 from uploader.targets.s3 import S3Location, S3Protocol
 
 
@@ -29,9 +31,16 @@ def _endpoint(options: UploadOptions, session: Any) -> str | None:
         or os.environ.get("AWS_ENDPOINT_URL")
         or session.get_scoped_config().get("endpoint_url")
     )
-    if url and not url.startswith(("http://", "https://")):
-        raise UsageError(f"--endpoint-url {url}: must start with http:// or https://")
-    return str(url) if url else None
+    if not url:
+        return None
+    try:
+        parts = urlsplit(str(url))
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise UsageError(f"--endpoint-url {redact_url(str(url))}: not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--endpoint-url {redact_url(str(url))}: use http(s)://HOST[:PORT]")
+    return str(url)
 
 
 def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:

@@ -23,6 +23,7 @@ from uploader.errors import (
     LockedError,
     TransientError,
     UploadFailed,
+    UsageError,
 )
 from uploader.redact import redact_text
 from uploader.result import UploadResult
@@ -43,9 +44,15 @@ def _pairs(values: Sequence[str] | None, sep: str, flag: str) -> dict[str, str]:
     for item in values or ():
         name, found, value = item.partition(sep)
         if not found or not name.strip():
-            raise ChunkhaulError(f"{flag} {item!r}: expected NAME{sep}VALUE")
+            raise UsageError(f"{flag} {item!r}: expected NAME{sep}VALUE")
         out[name.strip()] = value.strip() if sep == ":" else value
     return out
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="count", default=0, help="more logging; tracebacks")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--header", action="append", metavar="'NAME: VALUE'")
     up.add_argument("--metadata", action="append", metavar="KEY=VALUE")
     up.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    up.add_argument("-v", "--verbose", action="count", default=0)
-    up.add_argument("-q", "--quiet", action="store_true")
+    _add_verbosity(up)
     _add_procore_flags(up)
     _add_abort_parser(sub)
     return parser
@@ -111,8 +117,7 @@ def _add_abort_parser(sub: Any) -> None:
     ab.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
     ab.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS")
     ab.add_argument("--json", action="store_true")
-    ab.add_argument("-v", "--verbose", action="count", default=0)
-    ab.add_argument("-q", "--quiet", action="store_true")
+    _add_verbosity(ab)
 
 
 def _options(args: argparse.Namespace) -> UploadOptions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,17 @@ def _size(value: int | str | None, name: str) -> int | None:
         return parse_size(value)
     except ValueError as exc:
         raise UsageError(f"--{name}: {exc}") from None
+
+
+def _check_ca_bundle(path: str) -> None:
+    if not os.path.isfile(path):
+        raise UsageError(f"--ca-bundle {path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise UsageError(f"--ca-bundle {path}: not a PEM file of CA certificates ({exc})") from None
+    except OSError as exc:
+        raise UsageError(f"--ca-bundle {path}: cannot read ({exc.strerror})") from None
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,8 @@ class UploadOptions:
             raise UsageError("--sync-deadline must be positive and --sync-delay not negative")
         if self.procore_api not in (None, "v2.1", "v1.1"):
             raise UsageError(f"--procore-api must be v2.1 or v1.1, got {self.procore_api!r}")
-        if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
-            raise UsageError(f"--ca-bundle {self.ca_bundle}: no such file")
+        if self.ca_bundle is not None:
+            _check_ca_bundle(self.ca_bundle)
 
     @property
     def part_size_bytes(self) -> int:

@@ -119,8 +119,24 @@ class _Upload:
                 request = build()
                 if isinstance(request.body, FileSlice):  # file bytes only, retries included
                     self.bytes_sent += request.body_length
-                return parse(await self.transport.send(request))
+                try:
+                    return parse(await self.transport.send(request))
+                except TransientError:
+                    self.check_source()  # a short read is a changed file, not a network fault
+                    raise
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def check_source(self) -> None:
+        """Stop (exit 2, manifest kept) if the file changed under us: sending on would
+        build an object that is neither the old file nor the new one."""
+        try:
+            changed = self.identity.differences(FileIdentity.of(self.identity.path))
+        except OSError:
+            changed = ["path"]
+        if changed:
+            raise SourceChangedError(
+                f"{self.identity.path} changed while uploading ({', '.join(changed)} differ); the manifest "
+                "is kept. Run again with --restart to upload the file as it is now")
 
     # -- manifest -------------------------------------------------------------
 
@@ -133,7 +149,13 @@ class _Upload:
             return
         async with self._save_lock:
             self._last_save = now
-            await asyncio.to_thread(self.store.save, self.manifest)
+            try:
+                await asyncio.to_thread(self.store.save, self.manifest)
+            except OSError as exc:
+                raise UploadFailed(
+                    f"could not save the resume manifest {self.store.path} ({exc.strerror or exc}); the "
+                    f"previous manifest is intact. Free some space or choose another --state-dir, then "
+                    f"{RESUME_HINT}") from exc
 
     # -- the flow -------------------------------------------------------------
 
@@ -252,6 +274,7 @@ class _Upload:
 
     async def complete(self, verified: bool = False) -> Completed:
         assert self.manifest is not None
+        self.check_source()
         session = self.manifest.session
         etags = [(p.number, p.etag) for p in self.manifest.parts if p.etag is not None]
         if len(etags) != len(self.manifest.parts):

@@ -21,7 +21,10 @@ _BEARER_RE = re.compile(r"(?i)(bearer\s+|aws4-hmac-sha256\s+)[^\s,]+[^\n]*")
 
 def redact_url(url: str) -> str:
     """Drop user:password and secret query values; keep the rest readable."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparsable: keep only what cannot hold a secret
+        return re.sub(r"//[^/@]*@", "//", url.split("?", 1)[0])
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
     if parts.query:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
