@@ -21,7 +21,8 @@ def _session(profile: str | None) -> Any:
         session.get_scoped_config()  # raises ProfileNotFound early
         return session
     except ProfileNotFound:
-        raise UsageError(f"AWS profile {profile!r} not found in the AWS config files") from None
+        name = profile or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
+        raise UsageError(f"AWS profile {name!r} not found in the AWS config files") from None
 
 
 def _endpoint(options: UploadOptions, session: Any) -> str | None:

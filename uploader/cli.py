@@ -8,34 +8,32 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
-from resume import LockHeld, ManifestStore
 from uploader.config import DEFAULT_CONCURRENCY, UploadOptions
-from uploader.engine import abort_requests, build_protocol, upload_async
+from uploader.config import PROCORE_PRODUCTION_URL as PRODUCTION_URL
+from uploader.config import PROCORE_SANDBOX_URL as SANDBOX_URL
+from uploader.config import PROCORE_TOKEN_ENV as TOKEN_ENV
 from uploader.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     RESUME_HINT,
     ChunkhaulError,
-    LockedError,
-    TransientError,
-    UploadFailed,
     UsageError,
 )
 from uploader.redact import redact_text
 from uploader.result import UploadResult
-from uploader.targets.procore import PRODUCTION_URL, SANDBOX_URL, TOKEN_ENV
-from uploader.transport_async import AsyncTransport
-from uploader.wire import HttpRequest, HttpResponse
 
 log = logging.getLogger("uploader")
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, as for every other bad input
+        if "--json" in sys.argv[1:]:  # a script asked for JSON: give it JSON even now
+            print(json.dumps({"error": message, "exit_code": EXIT_USAGE}))
         self.exit(EXIT_USAGE, f"chunkhaul: error: {message} (see chunkhaul upload --help)\n")
 
 
@@ -139,8 +137,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    # botocore's DEBUG output prints canonical requests and signatures: never enabled.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     if verbose < 2:
-        for noisy in ("botocore", "asyncio", "urllib3"):
+        for noisy in ("asyncio", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -150,92 +150,54 @@ async def _main_task(options: UploadOptions, show_bar: bool) -> UploadResult:
     task = asyncio.current_task()
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    from uploader.engine import upload_async  # imported late: `chunkhaul --help` stays fast
+
     return await upload_async(options, show_bar=show_bar)
 
 
 def _fail(args: argparse.Namespace, code: int, message: str) -> int:
-    print(f"chunkhaul: error: {redact_text(message)}", file=sys.stderr)
+    # One line, always: a server's multi-line body (XML, HTML) is folded and cut.
+    message = " ".join(redact_text(message).split())
+    if len(message) > 600:
+        message = message[:597] + "..."
+    print(f"chunkhaul: error: {message}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"error": redact_text(message), "exit_code": code}))
+        print(json.dumps({"error": message, "exit_code": code}))
     return code
+
+
+def _run(args: argparse.Namespace, work: Callable[[], Coroutine[Any, Any, T]], interrupted: str) -> T | int:
+    """Run one command; every failure becomes one line (a traceback only with -v) and an exit code."""
+    try:
+        return asyncio.run(work())
+    except ChunkhaulError as exc:
+        log.debug("failure detail", exc_info=True)
+        return _fail(args, exc.exit_code, str(exc))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return _fail(args, EXIT_INTERRUPTED, interrupted)
+    except Exception as exc:  # a bug: still one line unless -v
+        log.debug("internal error", exc_info=True)
+        return _fail(args, EXIT_FAILED, f"internal error: {type(exc).__name__}: {exc} "
+                     f"(run with -v for details); {RESUME_HINT}")
 
 
 def run_upload(args: argparse.Namespace) -> int:
     try:
         options = _options(args)
-        show_bar = not args.quiet and not args.json and sys.stderr.isatty()
-        result = asyncio.run(_main_task(options, show_bar))
     except ChunkhaulError as exc:
-        log.debug("failure detail", exc_info=True)
         return _fail(args, exc.exit_code, str(exc))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return _fail(args, EXIT_INTERRUPTED, f"interrupted; progress is saved, {RESUME_HINT}")
-    except Exception as exc:  # a bug: still one line unless -v
-        log.debug("internal error", exc_info=True)
-        return _fail(args, EXIT_FAILED, f"internal error: {type(exc).__name__}: {exc} "
-                     f"(run with -v for details); {RESUME_HINT}")
+    show_bar = not args.quiet and not args.json and sys.stderr.isatty()
+    result = _run(args, lambda: _main_task(options, show_bar), f"interrupted; {RESUME_HINT}")
+    if isinstance(result, int):
+        return result
     if args.json:
         print(json.dumps(result.to_json()))
     return 0
 
 
-# -- chunkhaul abort ------------------------------------------------------------------
-
-async def abort_async(options: UploadOptions) -> bool:
-    """Delete the server-side upload the manifest names (tus termination, S3
-    AbortMultipartUpload), then the manifest. False when there was nothing to abort."""
-    protocol = build_protocol(options, options.source)
-    store = ManifestStore(options.state_path, options.source, protocol.destination())
-    try:
-        store.acquire()
-    except LockHeld as held:
-        raise LockedError(f"another chunkhaul ({held}) is uploading this file; stop it first") from None
-    try:
-        manifest, problem = store.load_or_none()
-        if problem:
-            log.warning("The resume manifest %s is unusable (%s); removing it", store.path, problem)
-        elif manifest is None:
-            return False
-        else:
-            await _abort_server_side(protocol, manifest.session, options)
-        store.delete()
-        return manifest is not None
-    finally:
-        store.release()
-
-
-async def _abort_server_side(protocol: Any, session: dict[str, Any], options: UploadOptions) -> None:
-    # tus concatenation leaves several uploads (partials + final); abort_requests names them all.
-    requests = abort_requests(protocol, session)
-    async with AsyncTransport(concurrency=1, connect_timeout=options.connect_timeout,
-                              stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle) as transport:
-        for request in requests:
-            resp = await _send_retrying(transport, request)
-            if resp.ok or resp.status in (404, 410):  # deleted now, or gone already
-                log.info("Deleted the upload on the server (%s: HTTP %d)", request.label, resp.status)
-            elif resp.status in (405, 501):
-                log.warning("The server cannot delete uploads (HTTP %d); it will expire them itself",
-                            resp.status)
-            else:
-                raise UploadFailed(f"{request.label}: HTTP {resp.status}; the manifest is kept, "
-                                   "run chunkhaul abort again")
-
-
-async def _send_retrying(transport: AsyncTransport, request: HttpRequest, attempts: int = 3) -> HttpResponse:
-    for attempt in range(1, attempts + 1):
-        try:
-            resp = await transport.send(request)
-        except TransientError:
-            if attempt == attempts:
-                raise
-        else:
-            if resp.status < 500 or attempt == attempts:
-                return resp
-        await asyncio.sleep(attempt)
-    raise AssertionError("unreachable")
-
-
 def run_abort(args: argparse.Namespace) -> int:
+    from uploader.engine import abort_async
+
     try:
         options = UploadOptions(
             source=args.file, destination=args.destination, protocol=args.protocol,
@@ -243,12 +205,11 @@ def run_abort(args: argparse.Namespace) -> int:
             state_dir=args.state_dir, ca_bundle=args.ca_bundle, headers=_pairs(args.header, ":", "--header"),
             connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
         )
-        aborted = asyncio.run(abort_async(options))
     except ChunkhaulError as exc:
-        log.debug("failure detail", exc_info=True)
         return _fail(args, exc.exit_code, str(exc))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return _fail(args, EXIT_INTERRUPTED, "interrupted; run chunkhaul abort again")
+    aborted = _run(args, lambda: abort_async(options), "interrupted; run chunkhaul abort again")
+    if not isinstance(aborted, bool):
+        return aborted
     message = "aborted" if aborted else "nothing to abort: no interrupted upload of this file to this destination"
     log.info("%s", message[0].upper() + message[1:])
     if args.json:

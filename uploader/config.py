@@ -17,6 +17,11 @@ DEFAULT_PART_SIZE = 16 * MiB
 DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 128
 
+# Procore's documented hosts and where its token is read from (never an option value).
+PROCORE_PRODUCTION_URL = "https://api.procore.com"
+PROCORE_SANDBOX_URL = "https://sandbox.procore.com"
+PROCORE_TOKEN_ENV = "PROCORE_ACCESS_TOKEN"
+
 FallbackMode = Literal["auto", "never", "only"]
 ProgressCallback = Callable[[int, int], None]  # (bytes committed, bytes total)
 
@@ -55,7 +60,7 @@ class UploadOptions:
     ca_bundle: str | None = None
     restart: bool = False
     fallback: FallbackMode = "auto"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry auth
     metadata: Mapping[str, str] = field(default_factory=dict)
     connect_timeout: float = 10.0
     stall_timeout: float = 30.0

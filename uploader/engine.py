@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -25,6 +26,7 @@ from uploader.config import UploadOptions
 from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
     RESUME_HINT,
+    ConnectFailed,
     LockedError,
     PermanentError,
     SessionLost,
@@ -42,6 +44,7 @@ from uploader.retry import RetryPolicy
 from uploader.source import mb, open_source
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_async import AsyncTransport
+from uploader.transport_sync import CANCEL
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,7 @@ class _Upload:
         self.bytes_resumed = 0
         self.retries = 0
         self.resumed = False
+        self.parts_total = 0  # set by each flow from its plan (or the manifest's, on resume)
         self._last_save = 0.0
         self._save_lock = asyncio.Lock()
 
@@ -202,6 +206,7 @@ class _Upload:
         parts = plan_parts(self.identity.size, self.options.part_size_bytes, self.protocol.limits)
         session = await self.call(
             lambda: self.protocol.create(self.identity.size, parts[0].length), self.protocol.parse_create)
+        self.parts_total = len(parts)
         self.manifest = Manifest(
             file=self.identity, destination=self.protocol.destination(), target=self.protocol.kind,
             part_size=parts[0].length, parts=[PartRecord(p.number, p.offset, p.length) for p in parts],
@@ -213,6 +218,7 @@ class _Upload:
     async def resume(self, manifest: Manifest) -> Completed:
         self.manifest = manifest
         self.resumed = True
+        self.parts_total = len(manifest.parts)
         server = await self.server_parts(manifest)
         todo = await asyncio.to_thread(reconcile, manifest.parts, server, self._local_etag)
         self.bytes_resumed = manifest.bytes_done()
@@ -328,6 +334,62 @@ def _swap(parse: Callable[[HttpResponse, Part], T]) -> Callable[[Part, HttpRespo
     return lambda part, resp: parse(resp, part)
 
 
+# -- abort ----------------------------------------------------------------------------
+
+async def abort_async(options: UploadOptions) -> bool:
+    """Delete the server-side upload the manifest names (tus termination, S3
+    AbortMultipartUpload), then the manifest. False when there was nothing to abort."""
+    protocol = build_protocol(options, options.source)
+    store = ManifestStore(options.state_path, options.source, protocol.destination())
+    try:
+        store.acquire()
+    except LockHeld as held:
+        raise LockedError(f"another chunkhaul ({held}) is uploading this file; stop it first") from None
+    try:
+        manifest, problem = store.load_or_none()
+        if problem:
+            log.warning("The resume manifest %s is unusable (%s); removing it", store.path, problem)
+        elif manifest is None:
+            return False
+        else:
+            await _abort_server_side(protocol, manifest.session, options)
+        store.delete()
+        return manifest is not None
+    finally:
+        store.release()
+
+
+async def _abort_server_side(protocol: Any, session: dict[str, Any], options: UploadOptions) -> None:
+    # tus concatenation leaves several uploads (partials + final); abort_requests names them all.
+    requests = abort_requests(protocol, session)
+    async with AsyncTransport(concurrency=1, connect_timeout=options.connect_timeout,
+                              stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle) as transport:
+        for request in requests:
+            resp = await _send_retrying(transport, request)
+            if resp.ok or resp.status in (404, 410):  # deleted now, or gone already
+                log.info("Deleted the upload on the server (%s: HTTP %d)", request.label, resp.status)
+            elif resp.status in (405, 501):
+                log.warning("The server cannot delete uploads (HTTP %d); it will expire them itself",
+                            resp.status)
+            else:
+                raise UploadFailed(f"{request.label}: HTTP {resp.status}; the manifest is kept, "
+                                   "run chunkhaul abort again")
+
+
+async def _send_retrying(transport: AsyncTransport, request: HttpRequest, attempts: int = 3) -> HttpResponse:
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = await transport.send(request)
+        except TransientError:
+            if attempt == attempts:
+                raise
+        else:
+            if resp.status < 500 or attempt == attempts:
+                return resp
+        await asyncio.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
 def _as_options(source: UploadOptions | str, destination: str | None, kwargs: dict[str, Any]) -> UploadOptions:
     if isinstance(source, UploadOptions):
         if destination is not None or kwargs:
@@ -394,14 +456,17 @@ async def _upload_locked(options: UploadOptions, identity: FileIdentity, protoco
         finally:
             run.progress.close()
     seconds = time.monotonic() - started
-    rate = identity.size / (1024 * 1024) / seconds if seconds > 0 else 0.0
+    # The rate of this run: bytes the server already had are not "uploaded" now.
+    moved = identity.size - run.bytes_resumed
+    rate = moved / (1024 * 1024) / seconds if seconds > 0 else 0.0
     if fallback_reason is not None:
         log.info("UPLOAD SUCCEEDED VIA SYNC FALLBACK (total %.1fs including async attempts)", seconds)
     log.info("✓ Successfully uploaded '%s' (took %.1fs, %.2f MB/s)", name, seconds, rate)
+    log.info("Stored at %s", redact_url(done.location))
     return UploadResult(
         file=identity.path, destination=done.location, bytes_total=identity.size,
         bytes_sent=run.bytes_sent, bytes_resumed=run.bytes_resumed,
-        parts=len(plan_parts(identity.size, run.options.part_size_bytes, protocol.limits)),
+        parts=1 if fallback_reason is not None else run.parts_total or 1,
         part_retries=run.retries, seconds=round(seconds, 3), mib_per_s=round(rate, 2),
         upload_id=done.upload_id, etag=done.etag, resumed=run.resumed,
         fallback_used=fallback_reason is not None, fallback_reason=fallback_reason,
@@ -412,7 +477,9 @@ def _fallback_reason(exc: UploadFailed, run: _Upload, started: float) -> dict[st
     """Diagnostics when the async path died of the network (not a 4xx, not a changed file)
     and the fallback is allowed; None when the failure should stand."""
     cause = exc.__cause__
-    network = isinstance(cause, TransientError) and cause.status is None
+    # Only a link that broke mid-way: when nothing could connect at all, one big request
+    # to the same address cannot do better.
+    network = isinstance(cause, TransientError) and cause.status is None and not isinstance(cause, ConnectFailed)
     if run.options.fallback != "auto" or not network:
         return None
     info = diagnose(exc, attempts=run.policy.attempts, tls=run.transport.tls_info)
@@ -435,7 +502,15 @@ async def _fallback(run: _Upload) -> Completed:
     fallback = single_shot_upload
     if run.protocol.kind == "tus":  # tus can send just the bytes the server lacks
         from uploader.tus_flow import sync_fallback as fallback
-    done = await asyncio.to_thread(fallback, run.protocol, run.identity, run.options, run.store)
+    cancel = threading.Event()
+    token = CANCEL.set(cancel)
+    try:
+        done = await asyncio.to_thread(fallback, run.protocol, run.identity, run.options, run.store)
+    except asyncio.CancelledError:
+        cancel.set()  # the worker thread cuts its connection and stops
+        raise
+    finally:
+        CANCEL.reset(token)
     run.manifest = None
     run.bytes_sent += run.identity.size - run.progress.done
     run.progress.commit(run.identity.size - run.progress.done)
@@ -455,4 +530,10 @@ async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
 
 def upload(source: UploadOptions | str, destination: str | None = None, /, **kwargs: Any) -> UploadResult:
     """Blocking form of upload_async."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise UsageError("upload() blocks and cannot run inside an event loop; use 'await upload_async(...)'")
     return asyncio.run(upload_async(source, destination, **kwargs))

@@ -59,6 +59,10 @@ class TransientError(UploadFailed):
         self.cause = cause
 
 
+class ConnectFailed(TransientError):
+    """No connection could be made at all (refused, DNS, connect timeout)."""
+
+
 class SessionLost(UploadFailed):
     """The server no longer knows the upload (NoSuchUpload, tus 404/410)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, FallbackUnavailable, TransientError, UploadFailed
 from uploader.source import mb
 from uploader.targets.base import Completed, MultipartProtocol
-from uploader.transport_sync import SyncTransport, sync_deadline
+from uploader.transport_sync import SyncTransport, cancelled, pause, sync_deadline
 
 log = logging.getLogger(__name__)
 PREPARE_DEADLINE = 60.0  # seconds for a small API call before the file goes up
@@ -24,7 +23,7 @@ def single_shot_upload(
     identity: FileIdentity,
     options: UploadOptions,
     store: ManifestStore,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = pause,
 ) -> Completed:
     """3 attempts, 5 s apart, each under a wall-clock deadline. On success the leftover
     multipart upload is aborted and the manifest removed; on failure both stay."""
@@ -49,11 +48,13 @@ def single_shot_upload(
 
 
 def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions,
-                 sleep: Callable[[float], None] = time.sleep) -> Completed:
+                 sleep: Callable[[float], None] = pause) -> Completed:
     """The original system's retry shape: N attempts, a fixed pause, transient errors only
     (a 4xx is final at once). Shared by every target's single shot."""
     last: Exception | None = None
     for number in range(1, options.sync_attempts + 1):
+        if cancelled():
+            raise UploadFailed("interrupted")
         log.info("Sync upload attempt %d/%d...", number, options.sync_attempts)
         try:
             return attempt()
@@ -62,8 +63,7 @@ def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions,
             log.warning("Sync upload attempt %d/%d failed: %s", number, options.sync_attempts, exc)
             if number < options.sync_attempts:
                 sleep(options.sync_delay)
-    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
-                       f"the manifest is kept, {RESUME_HINT}")
+    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; {RESUME_HINT}")
 
 
 def _prepare(protocol: MultipartProtocol, transport: SyncTransport, size: int) -> None:

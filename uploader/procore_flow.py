@@ -188,6 +188,7 @@ class ProcoreFlow:
             part_size=parts[0].length, session=session,
             parts=[PartRecord(p.number, p.offset, p.length, x) for p, x in zip(parts, xxh3, strict=True)],
         )
+        self.run.parts_total = len(parts)
         await self.run.checkpoint(force=True)
         log.info("Created Procore upload %s (API %s, %d parts of %s)", session["upload_id"], self.proto.api,
                  len(parts), mb(parts[0].length))
@@ -200,6 +201,7 @@ class ProcoreFlow:
         if manifest.target != "procore" or session.get("api") != self.proto.api or not session.get("upload_id"):
             raise SessionLost("the manifest describes no Procore upload of this kind")
         self.run.manifest, self.run.resumed = manifest, True
+        self.run.parts_total = len(manifest.parts)
         if self.proto.api == V21:
             if await self._resume_v21():
                 return await self._finish(already_complete=True)

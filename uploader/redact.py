@@ -16,7 +16,10 @@ SECRET_QUERY_KEYS = {
     "sig",
 }
 SECRET_HEADERS = {"authorization", "x-amz-security-token", "proxy-authorization", "cookie"}
-_BEARER_RE = re.compile(r"(?i)(bearer\s+|aws4-hmac-sha256\s+)[^\s,]+[^\n]*")
+# The token after "Bearer"; every Credential= / Signature= value of a SigV4 header.
+_BEARER_RE = re.compile(r"(?i)(bearer\s+|credential=|signature=)[^\s,;'\"]+")
+# A URL ends before whitespace, quotes and the punctuation a sentence puts after it.
+_URL_RE = re.compile(r"https?://[^\s'\"<>]+[^\s'\"<>;,.)]")
 
 
 def redact_url(url: str) -> str:
@@ -43,4 +46,4 @@ def redact_headers(headers: dict[str, str]) -> dict[str, str]:
 def redact_text(text: str) -> str:
     """Best effort for free text such as exception messages that embed URLs or headers."""
     text = _BEARER_RE.sub(lambda m: m.group(1) + "REDACTED", text)
-    return re.sub(r"https?://\S+", lambda m: redact_url(m.group(0)), text)
+    return _URL_RE.sub(lambda m: redact_url(m.group(0)), text)

@@ -11,7 +11,7 @@ from types import TracebackType
 import aiohttp
 from yarl import URL
 
-from uploader.errors import PermanentError, TransientError
+from uploader.errors import ConnectFailed, PermanentError, TransientError
 from uploader.redact import redact_text
 from uploader.tls import make_ssl_context
 from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
@@ -67,8 +67,9 @@ def classify_exception(exc: BaseException, label: str) -> Exception:
         return PermanentError(f"TLS handshake failed ({what}); the server must support TLS 1.2 or newer")
     if isinstance(exc, aiohttp.InvalidURL):
         return PermanentError(f"invalid URL ({what})")
-    err = TransientError(what, cause=exc)
-    return err
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return ConnectFailed(what, cause=exc)
+    return TransientError(what, cause=exc)
 
 
 _HANDSHAKE_REFUSALS = {

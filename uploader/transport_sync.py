@@ -6,13 +6,14 @@ import contextlib
 import socket
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from uploader.errors import PermanentError, TransientError
+from uploader.errors import PermanentError, TransientError, UploadFailed
 from uploader.redact import redact_text
 from uploader.tls import make_ssl_context
 from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse, lower_headers
@@ -122,6 +123,39 @@ class _DeadlineAdapter(HTTPAdapter):
                     sock.shutdown(socket.SHUT_RDWR)
 
 
+# Set by the engine around a fallback run in a worker thread (asyncio.to_thread copies
+# the context), so Ctrl-C can cut a blocking requests call instead of waiting it out.
+CANCEL: ContextVar[threading.Event | None] = ContextVar("chunkhaul_sync_cancel", default=None)
+
+
+def cancelled() -> bool:
+    event = CANCEL.get()
+    return event is not None and event.is_set()
+
+
+def pause(seconds: float) -> None:
+    """time.sleep that ends early when the run is cancelled."""
+    event = CANCEL.get()
+    if event is None:
+        time.sleep(seconds)
+    else:
+        event.wait(seconds)
+
+
+def _watch(adapter: _DeadlineAdapter, deadline: float | None, expired: threading.Event,
+           done: threading.Event, cancel: threading.Event | None) -> None:
+    """Cut the connection at the wall-clock deadline, or at once on cancellation."""
+    end = time.monotonic() + deadline if deadline else float("inf")
+    while not done.wait(0.1):
+        if cancel is not None and cancel.is_set():
+            adapter.cut()
+            return
+        if time.monotonic() >= end:
+            expired.set()
+            adapter.cut()
+            return
+
+
 class SyncTransport:
     def __init__(self, *, ca_bundle: str | None, connect_timeout: float, stall_timeout: float) -> None:
         self.ca_bundle = ca_bundle
@@ -134,18 +168,14 @@ class SyncTransport:
         session.trust_env = True
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        expired = threading.Event()
-
-        def _expire() -> None:
-            expired.set()
-            adapter.cut()
-
-        timer = threading.Timer(deadline, _expire) if deadline else None
+        expired, done = threading.Event(), threading.Event()
+        # A new thread does not inherit context variables: hand it the cancel event.
+        watchdog = threading.Thread(target=_watch, args=(adapter, deadline, expired, done, CANCEL.get()),
+                                    daemon=True)
         body = _body(req)
         started = time.monotonic()
         try:
-            if timer:
-                timer.start()
+            watchdog.start()
             resp = session.request(req.method, req.url, headers=dict(req.headers), data=body,
                                    timeout=self.timeouts, verify=self.ca_bundle or True)
             return HttpResponse(resp.status_code, lower_headers(dict(resp.headers)), resp.content)
@@ -154,6 +184,8 @@ class SyncTransport:
                 raise PermanentError(f"{req.label}: TLS certificate rejected: {redact_text(str(exc))}") from exc
             raise TransientError(f"{req.label}: TLS error: {redact_text(str(exc))}", cause=exc) from exc
         except (requests.RequestException, OSError) as exc:
+            if cancelled():
+                raise UploadFailed(f"{req.label}: interrupted") from exc
             if expired.is_set():
                 raise TransientError(
                     f"{req.label}: deadline of {deadline:.0f}s reached after "
@@ -161,8 +193,7 @@ class SyncTransport:
             raise TransientError(f"{req.label}: {type(exc).__name__}: {redact_text(str(exc))}",
                                  cause=exc) from exc
         finally:
-            if timer:
-                timer.cancel()
+            done.set()
             if isinstance(body, _SliceReader | _FormReader):
                 body.close()
             session.close()

@@ -33,7 +33,7 @@ from uploader.targets.tus import (
     UploadState,
     checksum_header,
 )
-from uploader.transport_sync import SyncTransport, sync_deadline
+from uploader.transport_sync import SyncTransport, pause, sync_deadline
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class TusFlow:
         self.protocol = cast(TusProtocol, run.protocol)
         self.size = run.identity.size
         self.chunk = self.protocol.chunk_size
+        run.parts_total = max(1, math.ceil(run.identity.size / self.chunk))
         self.segments: list[Segment] = []  # what the manifest's session describes
         self._shown: dict[int, int] = {}  # per segment (by id): bytes counted in the progress bar
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests inject a fake
@@ -447,7 +448,7 @@ class _SyncTus:
 
 
 def sync_fallback(protocol: MultipartProtocol, identity: FileIdentity, options: UploadOptions,
-                  store: ManifestStore, sleep: Callable[[float], None] = time.sleep, *,
+                  store: ManifestStore, sleep: Callable[[float], None] = pause, *,
                   transport: SyncTransport | None = None) -> Completed:
     """Same contract as uploader.fallback.single_shot_upload, for tus: 3 attempts, 5 s apart;
     on success the manifest is removed, on failure it stays (with the upload URL)."""

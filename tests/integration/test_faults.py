@@ -219,3 +219,26 @@ def test_dropped_part_and_complete_error_body_are_recovered(
     assert "checking which parts it has" in run.stderr
     assert seaweed.get_object_bytes_md5(key).md5 == md5_file(src)
     assert json.loads(run.stdout)["fallback_used"] is False
+
+
+def test_ctrl_c_during_the_sync_fallback_stops_at_once(
+        seaweed: Any, make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    """A blocking requests call in a worker thread must not outlive Ctrl-C (found by a user test:
+    it used to run on for 30+ s)."""
+    import signal
+
+    src = make_random_file("sigfb.bin", 64 * MiB)
+    with FaultProxy("127.0.0.1", seaweed.s3_port, [Throttle(bytes_per_sec=1_000_000)]) as slow:
+        proc = popen_cli("upload", str(src), f"s3://{seaweed.bucket}/{seaweed.unique_key('sigfb')}",
+                         "--endpoint-url", slow.url(), "--fallback", "only", "--state-dir", str(tmp_path / "s"),
+                         env=s3_env(seaweed, tmp_path))
+        deadline = time.monotonic() + 30
+        while slow.stats().bytes_up < 2 * MiB and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert slow.stats().bytes_up >= 2 * MiB, "the single shot never started"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert time.monotonic() - started < 5
+        assert "interrupted" in err and "Traceback" not in err

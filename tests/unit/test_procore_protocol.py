@@ -17,13 +17,13 @@ import pytest
 
 from chunker import MiB, Part, PartLimits, plan_parts
 from resume import FileIdentity, ManifestStore
+from uploader.config import PROCORE_SANDBOX_URL as SANDBOX_URL
 from uploader.config import UploadOptions
 from uploader.engine import _Upload
 from uploader.errors import PermanentError, SessionLost, TransientError, UploadFailed, UrlExpired, UsageError
 from uploader.procore_flow import ProcoreFlow, hash_segments
 from uploader.retry import RetryPolicy
 from uploader.targets.procore import (
-    SANDBOX_URL,
     V11_LIMITS,
     V11_START_WINDOW,
     V21_LIMITS,

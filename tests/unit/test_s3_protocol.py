@@ -93,3 +93,12 @@ def test_error_classification() -> None:
 def test_complete_with_200_error_body_is_retried() -> None:
     with pytest.raises(TransientError, match="InternalError"):
         proto().parse_complete(_err(200, "InternalError"), {"upload_id": "u"})
+
+
+def test_key_is_taken_word_for_word() -> None:
+    """'#' and '?' are legal in S3 keys: never a fragment or a query (the AWS CLI agrees)."""
+    assert S3Location.parse("s3://bkt/t/report#2.pdf").key == "t/report#2.pdf"
+    assert S3Location.parse("s3://bkt/t/q?x=1#frag.bin").key == "t/q?x=1#frag.bin"
+    loc = S3Location.parse("s3://bkt/a?b")
+    proto_ = S3Protocol(loc, endpoint_url="http://h", region="us-east-1", credentials=CREDS, source="/f")
+    assert proto_.object_url == "http://h/bkt/a%3Fb"

@@ -28,6 +28,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from chunker import GiB, MiB, Part, PartDigest, PartLimits
+from uploader.config import PROCORE_PRODUCTION_URL as PRODUCTION_URL
+from uploader.config import PROCORE_TOKEN_ENV as TOKEN_ENV
 from uploader.config import UploadOptions
 from uploader.errors import PermanentError, SessionLost, TransientError, UploadFailed, UrlExpired, UsageError
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
@@ -38,9 +40,7 @@ from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse
 Api = Literal["v2.1", "v1.1"]
 V21: Api = "v2.1"
 V11: Api = "v1.1"
-PRODUCTION_URL = "https://api.procore.com"
-SANDBOX_URL = "https://sandbox.procore.com"
-TOKEN_ENV = "PROCORE_ACCESS_TOKEN"
+
 TOKEN_HINT = f"set {TOKEN_ENV} or pass --token-file FILE"
 
 # Contract "v2.1 unified upload": parts more than 5 MiB (exactly 5 MiB is refused) and at most

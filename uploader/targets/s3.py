@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -40,10 +40,12 @@ class S3Location:
 
     @classmethod
     def parse(cls, url: str) -> S3Location:
-        parts = urlsplit(url)
-        if parts.scheme != "s3":
+        # Not urlsplit: everything after "s3://BUCKET/" is the key, word for word, as the
+        # AWS CLI reads it ('#' and '?' are legal in keys, not a fragment or a query).
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() != "s3" or not sep:
             raise UsageError(f"not an s3:// URL: {url}")
-        bucket, key = parts.netloc, parts.path.lstrip("/")
+        bucket, _, key = rest.partition("/")
         if not bucket:
             raise UsageError(f"{url}: no bucket; use s3://BUCKET/KEY")
         if not key or key.endswith("/"):

@@ -208,7 +208,12 @@ class TusProtocol:
         if resp.status in RETRYABLE_STATUS or resp.status >= 500 or resp.status in (401, 403):
             raise tus_error(resp, "OPTIONS")
         versions = _csv(resp.header("tus-version"))
-        if not resp.ok or not versions:
+        if resp.ok and not versions:
+            # The spec makes Tus-Version mandatory in an OPTIONS reply: a 2xx without it is
+            # some other HTTP server, and a POST there would create nothing we could resume.
+            raise UsageError(f"{self.destination()} does not look like a tus server (its OPTIONS reply has "
+                             "no Tus-Version header); check the upload URL")
+        if not resp.ok:
             # Discovery is optional in tus: assume core + creation, let the POST decide.
             info = ServerInfo()
         else:
