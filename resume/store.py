@@ -43,10 +43,13 @@ class ManifestStore:
         self._lock_fd: int | None = None
 
     def ensure_dir(self) -> None:
-        # makedirs' mode is filtered by the umask; chmod makes 0700 hold even under umask 000.
+        """Create the state dir 0700. An existing directory is the user's: left as it is
+        (the manifests in it are 0600 whatever its mode)."""
+        if self.dir.is_dir():
+            return
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if (self.dir.stat().st_mode & 0o777) != 0o700:
-            os.chmod(self.dir, 0o700)
+        # mkdir's mode is filtered by the umask; chmod makes 0700 hold even under umask 000.
+        os.chmod(self.dir, 0o700)
 
     # -- lock ---------------------------------------------------------------
 
