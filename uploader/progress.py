@@ -20,30 +20,39 @@ class Progress:
         self.done = 0
         self._callback = callback
         self._bar: Any = None
-        if bar:
-            import shutil
+        self._label = label
+        self._want_bar = bar
 
-            from tqdm import tqdm
+    def _show(self) -> None:
+        """The bar appears on the first progress, after the log lines that precede it, and
+        starts at what the server already has so tqdm's rate counts only this run's bytes."""
+        if not self._want_bar or self._bar is not None:
+            return
+        import shutil
 
-            # A terminal reporting a 0x0 size (fresh ptys, some CI consoles) makes tqdm
-            # hide the bar; shutil falls back to 80x24 there.
-            size = shutil.get_terminal_size()
-            self._bar = tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=label, ncols=size.columns, nrows=size.lines, leave=True,
-            )
+        from tqdm import tqdm
+
+        # A terminal reporting a 0x0 size (fresh ptys, some CI consoles) makes tqdm
+        # hide the bar; shutil falls back to 80x24 there.
+        size = shutil.get_terminal_size()
+        self._bar = tqdm(
+            total=self.total, initial=self.done, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=self._label, ncols=size.columns, nrows=size.lines, leave=True,
+        )
 
     def start_at(self, already: int) -> None:
         """A resumed upload starts where the server is."""
-        self._advance(already)
+        self._advance(already, show=False)
 
     def commit(self, nbytes: int) -> None:
         self._advance(nbytes)
 
-    def _advance(self, nbytes: int) -> None:
+    def _advance(self, nbytes: int, show: bool = True) -> None:
         step = max(0, min(nbytes, self.total - self.done))  # never past 100 %
         if step == 0 and nbytes > 0:
             return
+        if show and self._bar is None:
+            self._show()
         self.done += step
         if self._bar is not None:
             self._bar.update(step)
@@ -56,6 +65,8 @@ class Progress:
             self._bar.reset(total=self.total)
 
     def close(self) -> None:
+        if self._bar is None and self.done:
+            self._show()  # a run that only resumed still shows where it ended
         if self._bar is not None:
             self._bar.close()
             self._bar = None
