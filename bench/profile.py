@@ -113,7 +113,7 @@ def section_startup(settings: Settings) -> list[str]:
     lines = ["| what | wall s (median of 5) |", "|---|---:|",
              f"| python -c pass | {bare:.3f} |", f"| python -c 'import uploader.cli' | {cli:.3f} |",
              f"| chunkhaul upload --help | {help_:.3f} |", "",
-             "Slowest top-level imports of `uploader.cli` (python -X importtime, cumulative):", "",
+             "Slowest imports under `import uploader.cli`, nested ones indented (-X importtime, cumulative):", "",
              "| module | s |", "|---|---:|"]
     lines += [f"| {name} | {sec:.3f} |" for name, sec in _top_imports()]
     return lines
