@@ -10,34 +10,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.measure import run_once  # noqa: E402  (through GNU time: a child forked from here inherits our peak RSS)
 from tests.conftest import write_random_file  # noqa: E402
 from tests.servers.seaweed import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
-
-
-def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Wall seconds, child CPU seconds and the child's peak RSS (MiB) of one run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode() if proc.stderr else ''}")
-    del before
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -49,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     grid = list(itertools.product([int(x) for x in args.parts.split(",")],
                                   [int(x) for x in args.concurrency.split(",")]))
-    results: dict[tuple[int, int], list[tuple[float, float, float]]] = {g: [] for g in grid}
+    results: dict[tuple[int, int], list[tuple[float, float, float]]] = {g: [] for g in grid}  # wall, cpu, rss
     with tempfile.TemporaryDirectory() as tmp, SeaweedFS() as s3:
         src = write_random_file(Path(tmp) / "bench.bin", args.size_mib * MiB)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
@@ -59,7 +44,8 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "uploader", "upload", str(src), f"s3://{s3.bucket}/b{rnd}-{part}-{conc}",
                        "--endpoint-url", s3.endpoint, "--state-dir", f"{tmp}/state", "-q",
                        "--part-size", f"{part}MiB", "--concurrency", str(conc)]
-                results[(part, conc)].append(run_once(cmd, env))
+                s = run_once(cmd, env)
+                results[(part, conc)].append((s.wall, s.cpu, s.rss_mib))
     print(f"\n{args.size_mib} MiB to SeaweedFS, medians of {args.rounds} rounds\n")
     print("| part size | concurrency | wall s | MiB/s | CPU s | peak RSS MiB |")
     print("|---|---|---|---|---|---|")
