@@ -59,7 +59,7 @@ def digest_part(path: str, offset: int, length: int, extra: Collection[str] = ()
 
 
 def digest_range(
-    path: str, offset: int, length: int, extra: Collection[str] = (), block: int = 1024 * 1024
+    path: str, offset: int, length: int, extra: Collection[str] = (), block: int = 256 * 1024
 ) -> PartDigest:
     """Like digest_part, but streams in blocks so memory stays at one block per part."""
     unknown = set(extra) - set(EXTRA_ALGORITHMS)

@@ -16,7 +16,7 @@ from uploader.redact import redact_text
 from uploader.tls import make_ssl_context
 from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
 
-READ_PIECE = 1024 * 1024  # bytes read from disk per write: bounds memory per part in flight
+READ_PIECE = 256 * 1024  # bytes read from disk per write: bounds memory per part in flight
 MAX_RESPONSE = 4 * 1024 * 1024
 
 
