@@ -8,7 +8,9 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +39,9 @@ class ManifestStore:
 
     def __init__(self, state_dir: Path, source_path: str, destination: str) -> None:
         self.dir = Path(state_dir)
+        # The default directory is ours to keep 0700; a directory the user named is theirs.
+        self._owned = self.dir == default_state_dir()
+        self._save_lock = threading.Lock()
         key = hashlib.sha256(f"{os.path.realpath(source_path)}\n{destination}".encode()).hexdigest()
         self.path = self.dir / f"{key[:32]}.json"
         self.lock_path = self.dir / f"{key[:32]}.lock"
@@ -46,6 +51,13 @@ class ManifestStore:
         """Create the state dir 0700. An existing directory is the user's: left as it is
         (the manifests in it are 0600 whatever its mode)."""
         if self.dir.is_dir():
+            mode = self.dir.stat().st_mode
+            if mode & 0o022 and not (self._owned and os.access(self.dir, os.W_OK)):
+                raise PermissionError(
+                    errno.EPERM, f"{self.dir} is writable by other users (mode {stat.S_IMODE(mode):o}); "
+                    "chmod 700 it or choose another --state-dir")
+            if mode & 0o077 and self._owned:
+                os.chmod(self.dir, 0o700)  # our own default directory: keep it private
             return
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # mkdir's mode is filtered by the umask; chmod makes 0700 hold even under umask 000.
@@ -97,9 +109,13 @@ class ManifestStore:
 
     def save(self, manifest: Manifest) -> None:
         """Write atomically: a crash leaves either the old or the new manifest, never half."""
+        with self._save_lock:  # a cancelled save may still be running in its worker thread
+            self._save(manifest)
+
+    def _save(self, manifest: Manifest) -> None:
         self.ensure_dir()
         manifest.updated_at = time.time()
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)

@@ -40,7 +40,8 @@ def _endpoint(options: UploadOptions, session: Any) -> str | None:
     except ValueError as exc:
         raise UsageError(f"--endpoint-url {redact_url(str(url))}: not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--endpoint-url {redact_url(str(url))}: use http(s)://HOST[:PORT]")
+        raise UsageError(f"--endpoint-url {redact_url(str(url))}: must start with http:// or https:// "
+                         "(e.g. http://127.0.0.1:8333)")
     return str(url)
 
 

@@ -67,8 +67,11 @@ def classify_exception(exc: BaseException, label: str) -> Exception:
         return PermanentError(f"TLS handshake failed ({what}); the server must support TLS 1.2 or newer")
     if isinstance(exc, aiohttp.InvalidURL):
         return PermanentError(f"invalid URL ({what})")
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return ConnectFailed(what, cause=exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
+        return ConnectFailed(f"{label}: cannot connect to {exc.host}:{exc.port} ({reason})", cause=exc)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectFailed(f"{label}: no connection within the connect timeout ({exc})", cause=exc)
     return TransientError(what, cause=exc)
 
 
