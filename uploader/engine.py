@@ -517,13 +517,17 @@ async def _fallback(run: _Upload) -> Completed:
     return done
 
 
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
 async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
     """Turn what escapes the flow into a final error; the manifest always survives."""
     try:
         return await flow
     except TransientError as exc:
         raise UploadFailed(
-            f"upload failed after {run.policy.attempts} attempts: {exc}; {RESUME_HINT}") from exc
+            f"upload failed after {_attempts(run.policy.attempts)}: {exc}; {RESUME_HINT}") from exc
     except SessionLost as exc:
         raise UploadFailed(f"the server lost the upload again ({exc}); {RESUME_HINT}") from exc
 
