@@ -218,14 +218,26 @@ def kill_in_complete(rig: KillRig, rng: random.Random, key: str, state: Path) ->
     proc = popen(rig.args(key, state), rig.env())
     if not wait_until(lambda: rig.tracker.first_start("complete") is not None, proc, 600, step=0.002):
         return _missed(proc)
-    time.sleep(rng.uniform(0, 2 * latency + 0.05))
+    time.sleep(rng.uniform(0, 1.8 * latency))  # the reply is back after 2 x latency + server time
     snap = _sigkill(rig, proc)
     return _landed(snap), f"latency {latency * 1000:.0f} ms each way"
 
 
 def kill_in_manifest_write(rig: KillRig, rng: random.Random, key: str, state: Path) -> tuple[str, str]:
+    """Kill on the nth manifest temp file. Every upload writes at least two (after create, and
+    the forced one after the last part); more while parts stream in (at most one a second), so
+    a high nth can miss on a fast link: then once more with nth 1 or 2."""
     rig.proxy.set_rules([])
-    nth = rng.randint(1, 5)
+    landed = _kill_on_nth_write(rig, key, state, rng.randint(1, 5))
+    if landed is None:
+        rig.tracker.clear()
+        rig.server.abort_all_multipart_uploads(key)
+        delete_object(rig.server, key)
+        landed = _kill_on_nth_write(rig, key, state, rng.randint(1, 2))
+    return landed or _missed(None)
+
+
+def _kill_on_nth_write(rig: KillRig, key: str, state: Path, nth: int) -> tuple[str, str] | None:
     watch = DirWatch(state)
     try:
         proc = popen(rig.args(key, state), rig.env())
@@ -241,7 +253,10 @@ def kill_in_manifest_write(rig: KillRig, rng: random.Random, key: str, state: Pa
                     left = any(state.glob("*.tmp*"))
                     where = "before the rename (temp file left)" if left else "after the rename"
                     return f"manifest write, {where}", f"write #{nth}; requests: {_landed(snap)}"
-        return _missed(proc)
+        proc.communicate()
+        for path in state.iterdir():  # the upload finished: start the next try from nothing
+            path.unlink()
+        return None
     finally:
         watch.close()
 
@@ -262,7 +277,9 @@ def kill_in_fallback(rig: KillRig, rng: random.Random, key: str, state: Path) ->
                            + ("; A PARTIAL OBJECT EXISTS" if partial else "; no object after the killed PUT"))
 
 
-def _missed(proc: subprocess.Popen[str]) -> tuple[str, str]:
+def _missed(proc: subprocess.Popen[str] | None) -> tuple[str, str]:
+    if proc is None:
+        return "missed (the upload ended first)", ""
     proc.kill()
     _, err = proc.communicate()
     return "missed (the upload ended first)", err.strip()[-200:]
