@@ -59,9 +59,13 @@ class ManifestStore:
             if mode & 0o077 and self._owned:
                 os.chmod(self.dir, 0o700)  # our own default directory: keep it private
             return
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # mkdir's mode is filtered by the umask; chmod makes 0700 hold even under umask 000.
-        os.chmod(self.dir, 0o700)
+        # Every directory we create (XDG's ~/.local/state too) is 0700; mkdir's mode is
+        # filtered by the umask and parents=True ignores it, so create and chmod one by one.
+        missing = [d for d in (self.dir, *self.dir.parents) if not d.exists()]
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+                os.chmod(directory, 0o700)
 
     # -- lock ---------------------------------------------------------------
 
@@ -77,11 +81,17 @@ class ManifestStore:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise LockHeld(holder) from None
             raise
+        self._remove_stale_temps()  # left by a process killed mid-write; we hold the lock now
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "since": time.time(), "argv": sys.argv[:1]}
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.fchmod(fd, 0o600)
         self._lock_fd = fd
+
+    def _remove_stale_temps(self) -> None:
+        for stale in self.dir.glob(f"{self.path.stem}.tmp*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def _read_holder(self) -> str:
         try:

@@ -39,6 +39,9 @@ def _endpoint(options: UploadOptions, session: Any) -> str | None:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise UsageError(f"--endpoint-url {redact_url(str(url))}: not a valid URL ({exc})") from None
+    if parts.username or parts.password:
+        raise UsageError(f"--endpoint-url {redact_url(str(url))}: must not carry user:password; S3 takes "
+                         "credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--endpoint-url {redact_url(str(url))}: must start with http:// or https:// "
                          "(e.g. http://127.0.0.1:8333)")

@@ -179,11 +179,31 @@ class _Upload:
             try:
                 return await self.resume(manifest)
             except SessionLost as exc:
+                done = await self.completed_earlier(manifest)
+                if done is not None:
+                    return done
                 log.warning("The server no longer has the interrupted upload (%s); "
                             "starting a new upload", exc)
                 self.progress.reset()  # a new upload: the old parts are gone
                 self.bytes_resumed, self.resumed = 0, False
         return await self.fresh()
+
+    async def completed_earlier(self, manifest: Manifest) -> Completed | None:
+        """A run killed after the server completed the upload but before it heard so: the
+        upload id is gone (NoSuchUpload), the object is there. Never send it again."""
+        etags = [p.etag for p in manifest.parts]
+        check = getattr(self.protocol, "completed_by_earlier_run", None)
+        head = getattr(self.protocol, "head", None)
+        if check is None or head is None or any(e is None for e in etags):
+            return None
+        resp = await self.call(head, lambda r: r)
+        done: Completed | None = check(resp, self.identity.size, etags)
+        if done is not None:
+            log.info("The previous run had already completed this upload; nothing to send")
+            self.store.delete()
+            self.manifest = None
+            self.bytes_resumed = self.identity.size
+        return done
 
     def load_manifest(self) -> Manifest | None:
         manifest, problem = self.store.load_or_none()
@@ -275,8 +295,12 @@ class _Upload:
 
     async def _digest(self, part: Part) -> PartDigest:
         # Off the event loop: md5 runs at ~0.6 GB/s and would stall every other part.
-        return await asyncio.to_thread(digest_range, self.identity.path, part.offset, part.length,
-                                       self.protocol.part_digests)
+        try:
+            return await asyncio.to_thread(digest_range, self.identity.path, part.offset, part.length,
+                                           self.protocol.part_digests)
+        except OSError as exc:  # a short read: the file shrank (or vanished) under us
+            self.check_source()
+            raise UploadFailed(f"cannot read {self.identity.path}: {exc}; {RESUME_HINT}") from exc
 
     async def complete(self, verified: bool = False) -> Completed:
         assert self.manifest is not None

@@ -18,6 +18,7 @@ SECRET_QUERY_KEYS = {
 SECRET_HEADERS = {"authorization", "x-amz-security-token", "proxy-authorization", "cookie"}
 # The token after "Bearer"; every Credential= / Signature= value of a SigV4 header.
 _BEARER_RE = re.compile(r"(?i)(bearer\s+|credential=|signature=)[^\s,;'\"]+")
+_USERINFO_RE = re.compile(r"([a-z][a-z0-9+.\-]*://)[^/\s@'\"]+@", re.IGNORECASE)
 # A URL ends before whitespace, quotes and the punctuation a sentence puts after it.
 _URL_RE = re.compile(r"https?://[^\s'\"<>]+[^\s'\"<>;,.)]")
 
@@ -46,4 +47,6 @@ def redact_headers(headers: dict[str, str]) -> dict[str, str]:
 def redact_text(text: str) -> str:
     """Best effort for free text such as exception messages that embed URLs or headers."""
     text = _BEARER_RE.sub(lambda m: m.group(1) + "REDACTED", text)
-    return _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+    text = _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+    # Any other scheme (s3://, tus+https://, procore://) may carry user:password@ too.
+    return _USERINFO_RE.sub(r"\1", text)

@@ -13,7 +13,7 @@ from yarl import URL
 
 from uploader.errors import ConnectFailed, PermanentError, TransientError
 from uploader.redact import redact_text
-from uploader.tls import make_ssl_context
+from uploader.tls import HANDSHAKE_REFUSALS, make_ssl_context
 from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
 
 READ_PIECE = 256 * 1024  # bytes read from disk per write: bounds memory per part in flight
@@ -61,9 +61,7 @@ def classify_exception(exc: BaseException, label: str) -> Exception:
     what = f"{label}: {type(exc).__name__}: {redact_text(str(exc)) or 'no detail'}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return PermanentError(f"TLS certificate rejected ({what}); pass --ca-bundle if the server uses a private CA")
-    if isinstance(exc, aiohttp.ClientConnectorSSLError) or (
-        isinstance(exc, ssl.SSLError) and getattr(exc, "reason", "") in _HANDSHAKE_REFUSALS
-    ):
+    if _handshake_refused(exc):
         return PermanentError(f"TLS handshake failed ({what}); the server must support TLS 1.2 or newer")
     if isinstance(exc, aiohttp.InvalidURL):
         return PermanentError(f"invalid URL ({what})")
@@ -75,12 +73,13 @@ def classify_exception(exc: BaseException, label: str) -> Exception:
     return TransientError(what, cause=exc)
 
 
-_HANDSHAKE_REFUSALS = {
-    "UNSUPPORTED_PROTOCOL",
-    "TLSV1_ALERT_PROTOCOL_VERSION",
-    "WRONG_VERSION_NUMBER",
-    "NO_PROTOCOLS_AVAILABLE",
-}
+
+
+def _handshake_refused(exc: BaseException) -> bool:
+    """The server and we share no TLS version: permanent. A record corrupted during the
+    handshake (bad MAC, EOF) is a flaky link like any other: retried."""
+    inner = getattr(exc, "os_error", None) if isinstance(exc, aiohttp.ClientConnectorSSLError) else exc
+    return isinstance(inner, ssl.SSLError) and getattr(inner, "reason", "") in HANDSHAKE_REFUSALS
 
 
 class AsyncTransport:

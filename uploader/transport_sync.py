@@ -15,7 +15,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from uploader.errors import PermanentError, TransientError, UploadFailed
 from uploader.redact import redact_text
-from uploader.tls import make_ssl_context
+from uploader.tls import HANDSHAKE_REFUSALS, make_ssl_context
 from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse, lower_headers
 
 MiB = 1024 * 1024
@@ -180,6 +180,9 @@ class SyncTransport:
                                    timeout=self.timeouts, verify=self.ca_bundle or True)
             return HttpResponse(resp.status_code, lower_headers(dict(resp.headers)), resp.content)
         except requests.exceptions.SSLError as exc:
+            if any(reason in str(exc) for reason in HANDSHAKE_REFUSALS):
+                raise PermanentError(f"{req.label}: TLS handshake refused ({redact_text(str(exc))}); the server "
+                                     "must support TLS 1.2 or newer") from exc
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
                 raise PermanentError(f"{req.label}: TLS certificate rejected: {redact_text(str(exc))}") from exc
             raise TransientError(f"{req.label}: TLS error: {redact_text(str(exc))}", cause=exc) from exc

@@ -37,7 +37,7 @@ def test_chaos_reduced(seaweed: Any, seaweed_tls: Any, tmp_path: Path) -> None:
 def test_kills_reduced(seaweed: Any, tmp_path: Path) -> None:
     """One kill aimed at each phase of a 64 MiB upload; the resume completes every time with a
     byte-identical object. The bound on re-sent bytes is checked here for every phase but
-    complete (see the xfail below: a kill after the server completed re-sends everything)."""
+    complete (a kill after the server completed must not re-send: tested below)."""
     figures = run_kills(seaweed, kills=5, seed=3, work=tmp_path, size=64 * MiB, part_size=8 * MiB, concurrency=2)
     print(figures.render())
     assert {k.target for k in figures.kills} == {"create", "parts", "complete", "manifest-write", "fallback"}
@@ -61,10 +61,6 @@ def tls_proxy(seaweed_tls: Any) -> Iterator[FaultProxy]:
         yield proxy
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a TLS record corrupted during the handshake (DECRYPTION_FAILED_OR_BAD_RECORD_MAC in "
-    "ClientConnectorSSLError) is classified permanent: no retry, no fallback, exit 1 with "
-    "'the server must support TLS 1.2 or newer'"))
 def test_tls_record_corrupted_during_handshake_is_retried(seaweed_tls: Any, tls_proxy: FaultProxy,
                                                           tmp_path: Path) -> None:
     # TLS 1.3 sends the server's handshake (certificate, finished) in application-data records:
@@ -81,9 +77,6 @@ def test_tls_record_corrupted_during_handshake_is_retried(seaweed_tls: Any, tls_
     assert seaweed_tls.get_object_bytes_md5(key).md5 == _md5(src)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: killed after CompleteMultipartUpload reached the server, the resume gets NoSuchUpload "
-    "from ListParts, starts a new upload and re-sends the whole file, although the object is there"))
 def test_kill_after_the_server_completed_does_not_resend_the_file(seaweed: Any, tmp_path: Path) -> None:
     src = write_random_file(tmp_path / "f.bin", 30 * MiB, seed=12)
     key, state, env = seaweed.unique_key("completed"), tmp_path / "state", s3_env(seaweed, tmp_path)
@@ -109,9 +102,6 @@ def test_kill_after_the_server_completed_does_not_resend_the_file(seaweed: Any, 
     assert again.summary["bytes_sent"] <= 3 * 5 * MiB  # the bound: concurrency x part size
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a kill during a manifest write leaves <key>.tmp<pid> in the state dir; nothing ever "
-    "removes it (the next runs write their own .tmp<pid>)"))
 def test_kill_during_a_manifest_write_leaves_no_litter(seaweed: Any, tmp_path: Path) -> None:
     from tests.chaos.harness import slow_disk_env
     from tests.chaos.kills import DirWatch

@@ -226,9 +226,7 @@ def _error_line(result: Run) -> str:
 
 @pytest.mark.parametrize("fallback", [
     "never",
-    pytest.param("only", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: the sync path treats a TLS version refusal as transient (3 attempts) and its message "
-        "('TLS error: ... TLSV1_ALERT_PROTOCOL_VERSION') does not say the server must support TLS 1.2"))),
+    "only",
 ])
 def test_tls_below_1_2_is_refused_with_a_clear_message(tmp_path: Path, fallback: str) -> None:
     ca = trustme.CA()
@@ -253,9 +251,7 @@ PASSWORD = "PASSWORDMARKER4242"
 
 @pytest.mark.parametrize("where", [
     "endpoint",
-    pytest.param("s3-destination", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: s3://user:PASSWORD@bucket/key is echoed in the 'not a valid bucket name' error and in --json "
-        "(redact_text only redacts http(s):// URLs)"))),
+    "s3-destination",
     "tus-destination",
 ])
 def test_credentials_in_urls_are_never_echoed(tmp_path: Path, where: str) -> None:
@@ -274,9 +270,6 @@ def test_credentials_in_urls_are_never_echoed(tmp_path: Path, where: str) -> Non
     assert PASSWORD not in text, [line for line in text.splitlines() if PASSWORD in line][:3]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: under umask 000 the missing parents ~/.local and ~/.local/state are created 0777 "
-    "(world-writable; another user can swap the chunkhaul dir); the XDG spec asks for 0700"))
 def test_default_state_dir_parents_are_not_world_writable(seaweed: Any, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

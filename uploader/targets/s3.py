@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,9 @@ class S3Location:
         if scheme.lower() != "s3" or not sep:
             raise UsageError(f"not an s3:// URL: {url}")
         bucket, _, key = rest.partition("/")
+        if "@" in bucket:  # never echo what looks like user:password
+            raise UsageError("an s3:// URL carries no user:password; S3 takes credentials from "
+                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile")
         if not bucket:
             raise UsageError(f"{url}: no bucket; use s3://BUCKET/KEY")
         if not key or key.endswith("/"):
@@ -242,6 +246,19 @@ class S3Protocol:
         if not resp.ok:
             raise s3_error(resp, "PutObject")
         return Completed((resp.header("etag") or "").strip('"') or None, self.destination())
+
+    def head(self) -> HttpRequest:
+        return self._signed("HEAD", "", label="HeadObject")
+
+    def completed_by_earlier_run(self, resp: HttpResponse, size: int, etags: Sequence[str]) -> Completed | None:
+        """Did CompleteMultipartUpload succeed before the process died? The object's ETag
+        for an unencrypted multipart upload is md5(concatenated part md5s)-N."""
+        joined = b"".join(bytes.fromhex(e.strip('"')) for e in etags)
+        expected = f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(etags)}"
+        etag = (resp.header("etag") or "").strip('"')
+        if resp.ok and etag == expected and resp.header("content-length") == str(size):
+            return Completed(etag, self.destination())
+        return None
 
     def local_etag(self, digest: PartDigest) -> str | None:
         # A non-encrypted S3 part's ETag is the hex md5 of its bytes.
