@@ -302,7 +302,7 @@ class _Upload:
             self.check_source()
             raise UploadFailed(f"cannot read {self.identity.path}: {exc}; {RESUME_HINT}") from exc
 
-    async def complete(self, verified: bool = False) -> Completed:
+    async def complete(self, rechecks: int = 0) -> Completed:
         assert self.manifest is not None
         self.check_source()
         session = self.manifest.session
@@ -314,7 +314,8 @@ class _Upload:
             done = await self.call(lambda: self.protocol.complete(session, etags),
                                    lambda resp: self.protocol.parse_complete(resp, session))
         except PermanentError as exc:
-            if verified or exc.code not in PART_MISMATCH:
+            # A few rounds: on a link that drops parts, a re-sent part may be dropped again.
+            if rechecks >= 3 or exc.code not in PART_MISMATCH:
                 raise
             # A part answered 200 may never have been stored (a middlebox, a flaky store):
             # ask the server what it really has, resend the rest, complete once more.
@@ -322,7 +323,7 @@ class _Upload:
             todo = await asyncio.to_thread(reconcile, self.manifest.parts,
                                            await self.server_parts(self.manifest), self._local_etag)
             await self._send_all(todo)
-            return await self.complete(verified=True)
+            return await self.complete(rechecks + 1)
         self.store.delete()  # only now: the server confirmed the whole object
         self.manifest = None
         return done
@@ -447,8 +448,8 @@ def _lock(store: ManifestStore, identity: FileIdentity, protocol: MultipartProto
             f"to {protocol.destination()}; wait for it to finish or stop it first"
         ) from None
     except OSError as exc:
-        raise UsageError(f"state directory {store.dir} is not usable ({exc.strerror}); "
-                         "choose another with --state-dir") from None
+        hint = "" if "--state-dir" in str(exc.strerror) else "; choose another with --state-dir"
+        raise UsageError(f"state directory {store.dir} is not usable ({exc.strerror}){hint}") from None
 
 
 async def _upload_locked(options: UploadOptions, identity: FileIdentity, protocol: MultipartProtocol,
