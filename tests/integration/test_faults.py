@@ -52,7 +52,9 @@ def test_tls_corruption_exhausts_async_then_sync_fallback_succeeds(
     assert run.code == 0, run.stderr
     summary = run.summary
     assert summary["fallback_used"] is True
-    assert summary["fallback_reason"]["ssl_reason"] == "SSLV3_ALERT_BAD_RECORD_MAC"
+    # The alert can be lost when the server closes at once (the client then sees a disconnect);
+    # the retries' lines still name the TLS error.
+    assert summary["fallback_reason"].get("ssl_reason") in ("SSLV3_ALERT_BAD_RECORD_MAC", None)
     assert tls_proxy.stats().faults["corrupt"] >= 5
     lines = run.stderr.splitlines()
     for expected in ("ASYNC UPLOAD FAILED AFTER ALL RETRIES", "Falling back to synchronous upload...",

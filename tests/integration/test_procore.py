@@ -151,7 +151,8 @@ def test_v11_600mib_killed_and_resumed(procore: ProcoreEmulator, cli: Cli,
     run = cli.run(src, V11_DEST, "--json", "--part-size", "16MiB", "--concurrency", "4")
     s = summary(run)
     assert s["resumed"] is True and s["upload_id"] == stored["upload_id"]
-    assert s["bytes_resumed"] >= 8 * 16 * MiB
+    # v1.1 has no ListParts: only parts the manifest recorded (checkpointed each second) count.
+    assert s["bytes_resumed"] >= 16 * MiB
     assert procore.object_md5(stored["upload_id"]) == md5_file(src)
     assert procore.count(side="api", method="POST") == 1
     assert procore.count(side="api", method="GET") == 0  # v1.1 has no GET
