@@ -4,17 +4,13 @@ curl only (no peers venv needed). Asserts the report's shape, never absolute tim
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "bench.run", "--scenarios", "s3", "--tools", "chunkhaul,curl",
