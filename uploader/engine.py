@@ -36,7 +36,6 @@ from uploader.errors import (
     UrlExpired,
     UsageError,
 )
-from uploader.fallback import single_shot_upload
 from uploader.progress import Progress
 from uploader.redact import redact_url
 from uploader.result import UploadResult
@@ -44,7 +43,6 @@ from uploader.retry import RetryPolicy
 from uploader.source import mb, open_source
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_async import AsyncTransport
-from uploader.transport_sync import CANCEL
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 log = logging.getLogger(__name__)
@@ -523,10 +521,14 @@ def _fallback_reason(exc: UploadFailed, run: _Upload, started: float) -> dict[st
 
 
 async def _fallback(run: _Upload) -> Completed:
+    # Imported here: requests (~0.15 s) is only needed when the async path gave up.
+    from uploader.fallback import single_shot_upload
+    from uploader.transport_sync import CANCEL
+
     await run.checkpoint(force=True)
     fallback = single_shot_upload
     if run.protocol.kind == "tus":  # tus can send just the bytes the server lacks
-        from uploader.tus_flow import sync_fallback as fallback
+        from uploader.tus_sync import sync_fallback as fallback
     cancel = threading.Event()
     token = CANCEL.set(cancel)
     try:

@@ -32,7 +32,7 @@ from uploader import upload
 from uploader.config import UploadOptions
 from uploader.errors import UploadFailed
 from uploader.targets.tus import decode_metadata, tus_protocol
-from uploader.tus_flow import sync_fallback
+from uploader.tus_sync import sync_fallback
 
 MiB = 1 << 20
 TUS = {"Tus-Resumable": "1.0.0"}

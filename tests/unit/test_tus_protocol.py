@@ -39,7 +39,8 @@ from uploader.targets.tus import (
     encode_metadata,
     parse_tus_url,
 )
-from uploader.tus_flow import MAX_PARTIALS, TusFlow, plan_segments, sync_fallback
+from uploader.tus_flow import MAX_PARTIALS, TusFlow, plan_segments
+from uploader.tus_sync import sync_fallback
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 ENDPOINT = "http://tus.test/files/"
