@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 import aiohttp
@@ -35,7 +35,8 @@ class _Activity:
         return self.loop.time() - self.last
 
 
-async def _file_body(piece: FileSlice, activity: _Activity) -> AsyncIterator[bytes]:
+async def _file_body(piece: FileSlice, activity: _Activity,
+                     on_sent: Callable[[int], None] | None) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     fd = await loop.run_in_executor(None, os.open, piece.path, os.O_RDONLY)
     activity.sending = True
@@ -50,6 +51,8 @@ async def _file_body(piece: FileSlice, activity: _Activity) -> AsyncIterator[byt
             activity.touch()
             yield data
             activity.touch()  # reached once the previous piece was handed to the socket
+            if on_sent is not None:
+                on_sent(len(data))
     finally:
         activity.sending = False
         activity.touch()
@@ -131,10 +134,11 @@ class AsyncTransport:
             await self._session.close()
             self._session = None
 
-    async def send(self, req: HttpRequest) -> HttpResponse:
-        """Execute one request; network failures come back as our typed errors."""
+    async def send(self, req: HttpRequest, on_sent: Callable[[int], None] | None = None) -> HttpResponse:
+        """Execute one request; network failures come back as our typed errors. `on_sent`
+        hears of every piece of a file body handed to the socket (not yet confirmed)."""
         activity = _Activity()
-        task = asyncio.ensure_future(self._send(req, activity))
+        task = asyncio.ensure_future(self._send(req, activity, on_sent))
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=max(0.05, self.stall_timeout / 4))
@@ -151,13 +155,14 @@ class AsyncTransport:
             await asyncio.gather(task, return_exceptions=True)
             raise
 
-    async def _send(self, req: HttpRequest, activity: _Activity) -> HttpResponse:
+    async def _send(self, req: HttpRequest, activity: _Activity,
+                    on_sent: Callable[[int], None] | None) -> HttpResponse:
         assert self._session is not None, "use 'async with AsyncTransport(...)'"
         headers = dict(req.headers)
         body: object = req.body
         if isinstance(req.body, FileSlice):
             headers["Content-Length"] = str(req.body.length)
-            body = _file_body(req.body, activity)
+            body = _file_body(req.body, activity, on_sent)
         try:
             async with self._session.request(
                 req.method, URL(req.url, encoded=True), headers=headers, data=body

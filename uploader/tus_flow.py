@@ -87,6 +87,7 @@ class TusFlow:
         self.protocol = cast(TusProtocol, run.protocol)
         self.size = run.identity.size
         self.chunk = self.protocol.chunk_size
+        self.streaming = self.protocol.stream  # until a server refuses a large PATCH (413)
         run.parts_total = max(1, math.ceil(run.identity.size / self.chunk))
         self.segments: list[Segment] = []  # what the manifest's session describes
         self._shown: dict[int, int] = {}  # per segment (by id): bytes counted in the progress bar
@@ -240,8 +241,15 @@ class TusFlow:
         assert segment.url is not None
         body = FileSlice(self.run.identity.path, segment.base + segment.offset, length)
         request = self.protocol.patch(segment.url, segment.offset, body, await self._checksum(body))
-        self.run.bytes_sent += length
-        state = self.protocol.parse_patch(await self.run.transport.send(request), request.label)
+        start = segment.offset
+
+        def sent(n: int) -> None:
+            nonlocal start
+            self.run.bytes_sent += n
+            start += n
+            self._show(segment, start)  # a streamed PATCH may run for minutes: move the bar
+
+        state = self.protocol.parse_patch(await self.run.transport.send(request, sent), request.label)
         if not segment.offset < state.offset <= segment.length:
             # No progress on a 2xx would loop for ever; more than we sent is impossible.
             raise TransientError(f"{request.label}: the server answered offset {state.offset}")
@@ -262,9 +270,15 @@ class TusFlow:
         progress ends after policy.attempts; any progress starts the count again."""
         failures = 0
         while segment.offset < segment.length:
-            length = min(self.chunk, segment.length - segment.offset)
+            length = self._patch_length(segment)
             try:
                 state = await self._patch(segment, length)
+            except PermanentError as exc:
+                if not (exc.status == 413 and self.streaming):
+                    raise
+                self._stop_streaming(exc)
+                await self._refresh(segment)
+                continue
             except TransientError as exc:
                 failures += 1
                 if failures >= self.run.policy.attempts:
@@ -278,6 +292,19 @@ class TusFlow:
             segment.expires = state.expires or segment.expires
             self._advance(segment, state.offset)
             await self._persist()
+
+    def _patch_length(self, segment: Segment) -> int:
+        rest = segment.length - segment.offset
+        # Upload-Checksum covers one whole body, which such a server verifies and drops at
+        # once: bounded chunks there, so a mismatch costs one chunk.
+        if self.streaming and self.protocol.server.checksum is None:
+            return rest
+        return min(self.chunk, rest)
+
+    def _stop_streaming(self, exc: PermanentError) -> None:
+        self.streaming = False
+        log.warning("The server refused one PATCH for the rest of the file (%s); sending %s chunks",
+                    exc, mb(self.chunk))
 
     async def _recover(self, segment: Segment, exc: TransientError, failures: int) -> None:
         """After a failed PATCH: wait if the server asked for it, then HEAD."""
@@ -294,6 +321,9 @@ class TusFlow:
 
     def _advance(self, segment: Segment, offset: int) -> None:
         segment.offset = offset
+        self._show(segment, offset)
+
+    def _show(self, segment: Segment, offset: int) -> None:
         index = id(segment)
         gained = offset - self._shown.get(index, 0)
         if gained > 0:  # the bar only moves forward: a re-sent byte never counts twice

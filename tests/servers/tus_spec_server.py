@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from types import TracebackType
@@ -128,8 +128,13 @@ class RecordedRequest:
 class TusSpecServer:
     """In-memory tus 1.0.0 server on 127.0.0.1 in a background thread (context manager)."""
 
-    def __init__(self, *, max_size: int | None = None, expires_after: float = 3600.0) -> None:
+    def __init__(self, *, max_size: int | None = None, expires_after: float = 3600.0,
+                 max_body: int | None = None, extensions: Sequence[str] = EXTENSIONS) -> None:
         self.max_size = max_size
+        self.extensions = tuple(extensions)  # what OPTIONS offers
+        # Like a proxy's body limit (nginx client_max_body_size): a PATCH declaring a larger
+        # Content-Length gets 413 before its body is read.
+        self.max_body = max_body
         self.expires_after = expires_after
         self.uploads: dict[str, Upload] = {}
         self.gone: set[str] = set()  # expired ids: answered with 410, not 404
@@ -281,11 +286,9 @@ class TusSpecServer:
         return await handlers[method](request, upload_id)
 
     def _options(self) -> web.Response:
-        headers = {
-            "Tus-Version": TUS_VERSION,
-            "Tus-Extension": ",".join(EXTENSIONS),
-            "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
-        }
+        headers = {"Tus-Version": TUS_VERSION, "Tus-Extension": ",".join(self.extensions)}
+        if "checksum" in self.extensions:
+            headers["Tus-Checksum-Algorithm"] = ",".join(CHECKSUMS)
         if self.max_size is not None:
             headers["Tus-Max-Size"] = str(self.max_size)
         return web.Response(status=204, headers=headers)
@@ -373,6 +376,8 @@ class TusSpecServer:
             raise TusError(415, f"Content-Type must be {OFFSET_TYPE}")
         if upload.is_final:
             raise TusError(403, "a final upload cannot be patched")
+        if self.max_body is not None and (request.content_length or 0) > self.max_body:
+            raise TusError(413, f"request body over {self.max_body} bytes")
         if upload.lock.locked():
             # One writer per upload: a second PATCH while the first still streams is refused.
             raise TusError(423, "upload is locked by another request")

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -321,12 +322,14 @@ class Script:
     replies: list[HttpResponse | Exception]
     sent: list[HttpRequest] = field(default_factory=list)
 
-    async def send(self, req: HttpRequest) -> HttpResponse:
+    async def send(self, req: HttpRequest, on_sent: Callable[[int], None] | None = None) -> HttpResponse:
         self.sent.append(req)
         assert self.replies, f"unexpected request {req.method} {req.label}"
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
+        if on_sent is not None and isinstance(req.body, FileSlice):
+            on_sent(req.body.length)  # as the transport does once the body left
         return reply
 
     def methods(self) -> list[str]:
@@ -356,11 +359,12 @@ def source(tmp_path: Path) -> Path:
 
 
 def make_flow(tmp_path: Path, source: Path, replies: list[HttpResponse | Exception], chunk: int = 1000,
-              concurrency: int = 1) -> tuple[TusFlow, Script]:
+              concurrency: int = 1, stream: bool = False) -> tuple[TusFlow, Script]:
     options = UploadOptions(source=str(source), destination="tus+" + ENDPOINT, concurrency=concurrency,
                             retries=3, state_dir=tmp_path / "state",
                             headers={"Authorization": "Bearer s3cr3t"})
-    protocol = TusProtocol(ENDPOINT, source=str(source), headers=options.headers, chunk_size=chunk)
+    protocol = TusProtocol(ENDPOINT, source=str(source), headers=options.headers, chunk_size=chunk,
+                           stream=stream)
     identity = FileIdentity.of(str(source))
     store = ManifestStore(tmp_path / "state", identity.path, protocol.destination())
     script = Script(list(replies))
@@ -371,6 +375,48 @@ def make_flow(tmp_path: Path, source: Path, replies: list[HttpResponse | Excepti
 
 def go(flow: TusFlow) -> str:
     return asyncio.run(flow.upload()).location
+
+
+def patch_bodies(script: Script) -> list[tuple[int, int]]:
+    return [(r.body.offset, r.body.length) for r in script.sent
+            if r.method == "PATCH" and isinstance(r.body, FileSlice)]
+
+
+def test_streaming_sends_the_rest_in_one_patch_and_continues_from_what_the_server_kept(
+        tmp_path: Path, source: Path) -> None:
+    # The connection breaks mid-body; the server kept 900 bytes (HEAD): the next PATCH
+    # streams the remaining 1600, not the whole file again.
+    flow, script = make_flow(tmp_path, source, [OPTIONS_OK, created(), TransientError("reset"),
+                                                head(900, 2500), ok(2500)], stream=True)
+    assert go(flow) == UPLOAD
+    assert patch_bodies(script) == [(0, 2500), (900, 1600)]
+
+
+def test_streaming_keeps_bounded_chunks_for_a_server_checking_checksums(tmp_path: Path, source: Path) -> None:
+    # Upload-Checksum covers one body: a checksumming server gets chunk-sized PATCHes.
+    flow, script = make_flow(tmp_path, source, [HttpResponse(204, SPEC_OPTIONS), created(), ok(1000), ok(2000),
+                                                ok(2500)], stream=True)
+    assert go(flow) == UPLOAD
+    assert patch_bodies(script) == [(0, 1000), (1000, 1000), (2000, 500)]
+    assert all("Upload-Checksum" in r.headers for r in script.sent if r.method == "PATCH")
+
+
+def test_a_413_on_the_streamed_patch_switches_to_chunks(
+        tmp_path: Path, source: Path, caplog: pytest.LogCaptureFixture) -> None:
+    too_large = HttpResponse(413, {}, b"Request Entity Too Large")
+    flow, script = make_flow(tmp_path, source, [OPTIONS_OK, created(), too_large, head(0, 2500), ok(1000),
+                                                ok(2000), ok(2500)], stream=True)
+    with caplog.at_level(logging.WARNING):
+        assert go(flow) == UPLOAD
+    assert patch_bodies(script) == [(0, 2500), (0, 1000), (1000, 1000), (2000, 500)]
+    assert [r.getMessage() for r in caplog.records if "413" in r.getMessage()] != []
+
+
+def test_a_413_on_a_chosen_chunk_size_names_the_option(tmp_path: Path, source: Path) -> None:
+    flow, _ = make_flow(tmp_path, source, [OPTIONS_OK, created(), HttpResponse(413, {}, b"")])
+    with pytest.raises(PermanentError, match="--part-size"):
+        go(flow)
+    assert flow.run.store.path.exists()  # the upload can go on with a smaller --part-size
 
 
 def test_sequential_patches_follow_the_servers_offset(tmp_path: Path, source: Path) -> None:
@@ -540,9 +586,9 @@ class PartialsByOffset:
 
     script: Script
 
-    async def send(self, req: HttpRequest) -> HttpResponse:
+    async def send(self, req: HttpRequest, on_sent: Callable[[int], None] | None = None) -> HttpResponse:
         if req.headers.get("Upload-Concat") != "partial":
-            return await self.script.send(req)
+            return await self.script.send(req, on_sent)
         self.script.sent.append(req)
         assert isinstance(req.body, FileSlice)  # one chunk each: creation-with-upload
         return created(ENDPOINT + f"p{req.body.offset // 1000 + 1}", **{"upload-offset": str(req.body.length)})

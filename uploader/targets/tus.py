@@ -40,10 +40,12 @@ _RESERVED_HEADERS = {"content-length", "content-type", "host", "transfer-encodin
                      "upload-offset", "upload-length", "upload-metadata", "upload-concat",
                      "upload-checksum"}
 _METADATA_KEY = re.compile(r"^[^\s,]+$")
-# Bytes per PATCH unless --part-size says otherwise. Measured against @tus/server on loopback
-# (512 MiB, file store, median of 6): 8 MiB 87 MiB/s, 16 MiB 110, 32 MiB 132, 64 MiB 138.
-# 32 and 64 are within noise of each other; 32 halves what a proxy must buffer and what a
-# failed PATCH may cost to resend (a server checking Upload-Checksum drops the whole chunk).
+# Without --part-size one PATCH streams the rest of the upload (as tus-js-client does): a
+# server keeps what arrived before a broken connection, so nothing is lost, and no time goes
+# to per-PATCH round trips (512 MiB to @tus/server on loopback: 32 MiB chunks cost ~0.2 s
+# more). Chunks of DEFAULT_CHUNK are still used where a PATCH body must be bounded: for a
+# server checking Upload-Checksum (it verifies and drops whole bodies), after a 413, and to
+# size the partial uploads of concatenation and creation-with-upload.
 DEFAULT_CHUNK = 32 * 1024 * 1024
 _UNLIMITED = 1 << 62
 
@@ -154,7 +156,9 @@ def tus_error(resp: HttpResponse, label: str) -> Exception:
         return ChecksumMismatch(detail, status=resp.status)
     if resp.status in RETRYABLE_STATUS or resp.status >= 500:
         return TransientError(detail, status=resp.status, retry_after=retry_after)
-    if resp.status == 413:
+    if resp.status == 413 and label.startswith("PATCH"):
+        detail += " (the server refuses a request body this large: use a smaller --part-size)"
+    elif resp.status == 413:
         detail += " (the server refuses uploads this large)"
     elif resp.status in (401, 403):
         detail += " (check the credentials passed with --header)"
@@ -179,10 +183,12 @@ class TusProtocol:
     single_shot_max: int = _UNLIMITED  # creation-with-upload has no size limit of its own
 
     def __init__(self, endpoint: str, *, source: str, headers: Mapping[str, str] | None = None,
-                 metadata: Mapping[str, str] | None = None, chunk_size: int = DEFAULT_CHUNK) -> None:
+                 metadata: Mapping[str, str] | None = None, chunk_size: int = DEFAULT_CHUNK,
+                 stream: bool = False) -> None:
         self.endpoint = endpoint
         self.source = source
         self.chunk_size = chunk_size
+        self.stream = stream  # one PATCH for the rest of an upload, not chunk_size PATCHes
         # tus limits neither part count nor size; min_part = the chunk makes the engine's
         # plan_parts (the result's `parts`) count PATCH-sized chunks.
         self.limits = PartLimits(min_part=chunk_size, max_part=_UNLIMITED, max_parts=_UNLIMITED,
@@ -414,7 +420,8 @@ def parse_tus_url(destination: str) -> str:
 
 
 def tus_protocol(options: UploadOptions, source: str) -> TusProtocol:
+    chosen = isinstance(options.part_size, int)
     chunk = options.part_size if isinstance(options.part_size, int) else DEFAULT_CHUNK
-    return TusProtocol(parse_tus_url(options.destination), source=source,
-                       headers=options.headers, metadata=options.metadata, chunk_size=chunk)
+    return TusProtocol(parse_tus_url(options.destination), source=source, headers=options.headers,
+                       metadata=options.metadata, chunk_size=chunk, stream=not chosen)
 
