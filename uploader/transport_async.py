@@ -96,7 +96,8 @@ class AsyncTransport:
         force_close: bool = False,
     ) -> None:
         self.stall_timeout = stall_timeout
-        self._ssl = make_ssl_context(ca_bundle)
+        self._ca_bundle = ca_bundle
+        self._ssl: ssl.SSLContext | None = None  # built on the first https request (~30 ms)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=connect_timeout, sock_read=stall_timeout
         )
@@ -108,7 +109,7 @@ class AsyncTransport:
 
     async def __aenter__(self) -> AsyncTransport:
         connector = aiohttp.TCPConnector(
-            ssl=self._ssl, limit=self._limit, force_close=self._force_close,
+            limit=self._limit, force_close=self._force_close,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, trust_env=True
@@ -118,6 +119,13 @@ class AsyncTransport:
         # and spending a retry we don't count. Our retry layer rebuilds the body instead.
         self._session._retry_connection = False
         return self
+
+    def _tls(self, url: str) -> ssl.SSLContext | bool:
+        if url[:6].lower() != "https:":
+            return True  # aiohttp ignores it for plain http
+        if self._ssl is None:
+            self._ssl = make_ssl_context(self._ca_bundle)
+        return self._ssl
 
     def _note_tls(self, resp: aiohttp.ClientResponse) -> None:
         if self.tls_info or resp.connection is None or resp.connection.transport is None:
@@ -165,7 +173,7 @@ class AsyncTransport:
             body = _file_body(req.body, activity, on_sent)
         try:
             async with self._session.request(
-                req.method, URL(req.url, encoded=True), headers=headers, data=body
+                req.method, URL(req.url, encoded=True), headers=headers, data=body, ssl=self._tls(req.url)
             ) as resp:
                 data = await resp.content.read(MAX_RESPONSE)
                 self._note_tls(resp)
