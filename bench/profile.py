@@ -249,9 +249,6 @@ class Variant:
     patches: Sequence[tuple[str, str, str]] = ()  # (file, old, new) in a copy of the code
 
 
-CRC_HEADER = ('headers={"x-amz-checksum-crc32": base64.b64encode(digest.crc32.to_bytes(4, "big")).decode(), '
-              '"Content-Length": str(part.length)},')
-MD5_HEADER = 'headers={"Content-MD5": digest.md5_b64, "Content-Length": str(part.length)},'
 S3 = "uploader/targets/s3.py"
 VARIANTS: Sequence[Variant] = (
     Variant("baseline (defaults)"),
@@ -262,14 +259,11 @@ VARIANTS: Sequence[Variant] = (
         ("chunker/digest.py", "block: int = 1024 * 1024", "block: int = 256 * 1024"),
     )),
     Variant("--force-close", args=("--force-close",)),
-    Variant("no Content-MD5 (xxh3 only)", patches=(
-        (S3, 'part_digests: tuple[str, ...] = ("md5",)', "part_digests: tuple[str, ...] = ()"),
-        (S3, MD5_HEADER, 'headers={"Content-Length": str(part.length)},'),
-    )),
-    Variant("x-amz-checksum-crc32 instead of Content-MD5", patches=(
-        (S3, 'part_digests: tuple[str, ...] = ("md5",)', 'part_digests: tuple[str, ...] = ("crc32",)'),
-        (S3, MD5_HEADER, CRC_HEADER),
-        (S3, "from __future__ import annotations\n", "from __future__ import annotations\n\nimport base64\n"),
+    # crc32 (x-amz-checksum-crc32) is the default since the S3 --checksum option: measure the others.
+    Variant("--checksum md5 (Content-MD5)", args=("--checksum", "md5")),
+    Variant("no part checksum (xxh3 only)", args=("--checksum", "md5"), patches=(
+        (S3, "self.part_digests: tuple[str, ...] = (checksum,)", "self.part_digests: tuple[str, ...] = ()"),
+        (S3, '    return {"Content-MD5": digest.md5_b64}', "    return {}"),
     )),
 )
 

@@ -34,6 +34,12 @@ class PartDigest:
         return self.md5.hex()
 
     @property
+    def crc32_b64(self) -> str:
+        """The 4 big-endian bytes S3 wants in x-amz-checksum-crc32 (and ChecksumCRC32), base64."""
+        assert self.crc32 is not None, "crc32 was not computed for this part"
+        return base64.b64encode(self.crc32.to_bytes(4, "big")).decode()
+
+    @property
     def sha256_hex(self) -> str:
         assert self.sha256 is not None, "sha256 was not computed for this part"
         return self.sha256.hex()

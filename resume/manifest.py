@@ -23,10 +23,20 @@ class PartRecord:
     length: int
     xxh3_128: str | None = None  # set when the part was hashed for sending
     etag: str | None = None  # set once the server confirmed the part
+    # base64 CRC-32 of the part, kept for a Complete that must repeat it (S3 uploads created
+    # with x-amz-checksum-algorithm: CRC32), even when another process sent the part.
+    crc32: str | None = None
 
     @property
     def done(self) -> bool:
         return self.etag is not None
+
+
+def _part_json(p: PartRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": p.number, "off": p.offset, "len": p.length, "xxh3": p.xxh3_128, "etag": p.etag}
+    if p.crc32 is not None:  # absent, not null, where unused: 10,000-part manifests stay small
+        out["crc32"] = p.crc32
+    return out
 
 
 @dataclass
@@ -55,10 +65,7 @@ class Manifest:
             "session": self.session,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "parts": [
-                {"n": p.number, "off": p.offset, "len": p.length, "xxh3": p.xxh3_128, "etag": p.etag}
-                for p in self.parts
-            ],
+            "parts": [_part_json(p) for p in self.parts],
         }
 
     def dumps(self) -> bytes:
@@ -87,7 +94,8 @@ class Manifest:
                 created_at=float(data.get("created_at", 0)),
                 updated_at=float(data.get("updated_at", 0)),
                 parts=[
-                    PartRecord(int(p["n"]), int(p["off"]), int(p["len"]), p.get("xxh3"), p.get("etag"))
+                    PartRecord(int(p["n"]), int(p["off"]), int(p["len"]), p.get("xxh3"), p.get("etag"),
+                               p.get("crc32"))  # .get: manifests written before it existed load too
                     for p in data["parts"]
                 ],
             )

@@ -67,4 +67,5 @@ def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:
         region=str(region),
         credentials=credentials,
         source=source,
+        checksum=options.checksum,
     )

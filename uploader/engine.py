@@ -26,6 +26,7 @@ from uploader.config import UploadOptions
 from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
     RESUME_HINT,
+    ChecksumUnsupported,
     ConnectFailed,
     LockedError,
     PermanentError,
@@ -41,7 +42,7 @@ from uploader.redact import redact_url
 from uploader.result import UploadResult
 from uploader.retry import RetryPolicy
 from uploader.source import mb, open_source
-from uploader.targets.base import Completed, MultipartProtocol
+from uploader.targets.base import Completed, MultipartProtocol, PartChecksums
 from uploader.transport_async import AsyncTransport
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
@@ -222,8 +223,7 @@ class _Upload:
 
     async def fresh(self) -> Completed:
         parts = plan_parts(self.identity.size, self.options.part_size_bytes, self.protocol.limits)
-        session = await self.call(
-            lambda: self.protocol.create(self.identity.size, parts[0].length), self.protocol.parse_create)
+        session = await self._create(parts[0].length)
         self.parts_total = len(parts)
         self.manifest = Manifest(
             file=self.identity, destination=self.protocol.destination(), target=self.protocol.kind,
@@ -233,9 +233,20 @@ class _Upload:
         await self.checkpoint(force=True)
         return await self.send_parts(self.manifest.parts)
 
+    async def _create(self, part_size: int) -> dict[str, Any]:
+        create = partial(self.protocol.create, self.identity.size, part_size)
+        try:
+            return await self.call(create, self.protocol.parse_create)
+        except ChecksumUnsupported as exc:
+            # The target switched to a checksum the store accepts: one more create, once.
+            log.warning("%s", exc)
+            return await self.call(create, self.protocol.parse_create)
+
     async def resume(self, manifest: Manifest) -> Completed:
         self.manifest = manifest
         self.resumed = True
+        if isinstance(self.protocol, PartChecksums):  # parts go on as the upload was created
+            self.protocol.use_session(manifest.session)
         self.parts_total = len(manifest.parts)
         server = await self.server_parts(manifest)
         todo = await asyncio.to_thread(reconcile, manifest.parts, server, self._local_etag)
@@ -247,7 +258,10 @@ class _Upload:
         return await self.send_parts(todo)
 
     def _local_etag(self, record: PartRecord) -> str | None:
-        digest = digest_range(self.identity.path, record.offset, record.length, self.protocol.part_digests)
+        # Only for parts the server has but the manifest never recorded (rare): the digest an
+        # ETag is made of (S3: md5) is computed here, on demand, not for every part sent.
+        needs = self.protocol.etag_digests if isinstance(self.protocol, PartChecksums) else self.protocol.part_digests
+        digest = digest_range(self.identity.path, record.offset, record.length, needs)
         return self.protocol.local_etag(digest)
 
     async def server_parts(self, manifest: Manifest) -> dict[int, list[ServerPart]]:
@@ -288,6 +302,8 @@ class _Upload:
             etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
                                    partial(_swap(self.protocol.parse_upload_part), part))
             record.xxh3_128, record.etag = digest.xxh3_128, etag
+            if digest.crc32 is not None:  # kept for a Complete that repeats it, in this run or the next
+                record.crc32 = digest.crc32_b64
             self.progress.commit(part.length)
             await self.checkpoint()
 
@@ -304,13 +320,12 @@ class _Upload:
         assert self.manifest is not None
         self.check_source()
         session = self.manifest.session
-        etags = [(p.number, p.etag) for p in self.manifest.parts if p.etag is not None]
-        if len(etags) != len(self.manifest.parts):
-            missing = len(self.manifest.parts) - len(etags)
+        missing = sum(p.etag is None for p in self.manifest.parts)
+        if missing:
             raise UploadFailed(f"{missing} parts were not confirmed; {RESUME_HINT}")
+        build = await self._complete_request(session, self.manifest.parts)
         try:
-            done = await self.call(lambda: self.protocol.complete(session, etags),
-                                   lambda resp: self.protocol.parse_complete(resp, session))
+            done = await self.call(build, lambda resp: self.protocol.parse_complete(resp, session))
         except PermanentError as exc:
             # A few rounds: on a link that drops parts, a re-sent part may be dropped again.
             if rechecks >= 3 or exc.code not in PART_MISMATCH:
@@ -326,7 +341,38 @@ class _Upload:
         self.manifest = None
         return done
 
+    async def _complete_request(self, session: dict[str, Any],
+                                parts: list[PartRecord]) -> Callable[[], HttpRequest]:
+        protocol = self.protocol
+        if not isinstance(protocol, PartChecksums):
+            etags = [(p.number, p.etag) for p in parts if p.etag is not None]
+            return lambda: protocol.complete(session, etags)
+        if "crc32" in protocol.part_digests:
+            try:
+                await asyncio.to_thread(self._fill_crc32, parts)
+            except OSError as exc:  # a short read: the file shrank (or vanished) under us
+                self.check_source()
+                raise UploadFailed(f"cannot read {self.identity.path}: {exc}; {RESUME_HINT}") from exc
+        items = [(p.number, p.etag, p.crc32) for p in parts if p.etag is not None]
+        return lambda: protocol.complete_with_checksums(session, items)
+
+    def _fill_crc32(self, parts: list[PartRecord]) -> None:
+        """CRC-32 of parts neither the manifest nor ListParts knew (sent by a process killed
+        before it checkpointed them, on a server that does not list checksums): from the file."""
+        lacking = [p for p in parts if p.crc32 is None]
+        if lacking:
+            log.debug("Computing the CRC-32 of %d parts sent by an earlier run", len(lacking))
+        for p in lacking:
+            p.crc32 = digest_range(self.identity.path, p.offset, p.length, ("crc32",)).crc32_b64
+
     async def single_shot(self) -> Completed:
+        try:
+            return await self._single_shot()
+        except ChecksumUnsupported as exc:  # the target switched to a checksum the store accepts
+            log.warning("%s", exc)
+            return await self._single_shot()
+
+    async def _single_shot(self) -> Completed:
         digest = await self._digest(Part(1, 0, self.identity.size))
         done = await self.call(lambda: self.protocol.single_shot(self.identity.size, digest),
                                self.protocol.parse_single_shot)

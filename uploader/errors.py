@@ -43,6 +43,11 @@ class PermanentError(UploadFailed):
         self.code = code
 
 
+class ChecksumUnsupported(PermanentError):
+    """The server refused the checksum we asked for; the target has switched to one it
+    accepts, so the same call, built again, is expected to succeed."""
+
+
 class TransientError(UploadFailed):
     """A failure worth retrying on a fresh connection (network, TLS, stall, 5xx, 429)."""
 

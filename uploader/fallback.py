@@ -9,7 +9,7 @@ from typing import Any
 from chunker import digest_range
 from resume import FileIdentity, ManifestStore
 from uploader.config import UploadOptions
-from uploader.errors import RESUME_HINT, FallbackUnavailable, TransientError, UploadFailed
+from uploader.errors import RESUME_HINT, ChecksumUnsupported, FallbackUnavailable, TransientError, UploadFailed
 from uploader.source import mb
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_sync import SyncTransport, cancelled, pause, sync_deadline
@@ -38,9 +38,18 @@ def single_shot_upload(
     deadline = options.sync_deadline or sync_deadline(size)
     log.info("Upload timeout set to %ds for %s file", int(deadline), mb(size))
 
-    def attempt() -> Completed:
+    def send() -> Completed:
         _prepare(protocol, transport, size)
         return protocol.parse_single_shot(transport.send(protocol.single_shot(size, digest), deadline))
+
+    def attempt() -> Completed:
+        nonlocal digest
+        try:
+            return send()
+        except ChecksumUnsupported as exc:  # the target switched to a checksum the store accepts
+            log.warning("%s", exc)
+            digest = digest_range(identity.path, 0, size, protocol.part_digests)
+            return send()
 
     done = attempt_loop(attempt, options, sleep)
     _forget_multipart(protocol, store, transport)

@@ -666,6 +666,7 @@ ROWS: list[Any] = [
     Row("header-without-colon", option("--header", "NoColonHere"), 2, "--header"),
     Row("metadata-without-equals", option("--metadata", "novalue"), 2, "--metadata"),
     Row("fallback-unknown-mode", option("--fallback", "sometimes"), 2, "--fallback"),
+    Row("checksum-unknown", option("--checksum", "sha256"), 2, "--checksum"),
     Row("unknown-option", option("--no-verify-ssl"), 2, "unrecognized arguments"),
     Row("quiet-and-verbose-together", option("--quiet", "--verbose"), 2, "--quiet"),
     Row("restart-with-fallback-only", option_restart_with_fallback_only, 0, "UPLOAD SUCCEEDED VIA SYNC FALLBACK"),

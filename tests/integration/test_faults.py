@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.integration.cli import manifests, popen_cli, run_cli, s3_env
+from tests.integration.s3_checksums import composite_crc32, crc32_b64, object_crc32
 from tests.servers.fault_proxy import Corrupt, FaultProxy, HttpDrop, HttpRespond, Reset, Stall, Throttle
 
 MiB = 1 << 20
@@ -63,6 +64,7 @@ def test_tls_corruption_exhausts_async_then_sync_fallback_succeeds(
     assert any("SSLV3_ALERT_BAD_RECORD_MAC" in line for line in lines)
     assert any(line.startswith("UPLOAD SUCCEEDED VIA SYNC FALLBACK") for line in lines)
     assert seaweed_tls.get_object_bytes_md5(key).md5 == md5_file(src)
+    assert object_crc32(seaweed_tls, key) == crc32_b64(src.read_bytes())  # the PutObject carried its CRC-32
     assert seaweed_tls.list_multipart_uploads(key) == []  # the chunked upload was aborted
     assert manifests(tmp_path / "state") == []
 
@@ -184,6 +186,56 @@ def test_fallback_never_keeps_manifest_and_only_skips_multipart(
     assert only.summary["fallback_used"] is True
     assert seaweed.get_object_bytes_md5(key).md5 == md5_file(src)
     assert manifests(state) == [] and seaweed.list_multipart_uploads(key) == []
+
+
+@pytest.mark.parametrize("checksum", ["crc32", "md5"])
+def test_a_byte_flipped_in_flight_is_refused_by_the_server_and_the_part_resent(
+        seaweed: Any, http_proxy: FaultProxy, make_random_file: Callable[..., Path], tmp_path: Path,
+        checksum: str) -> None:
+    """Plain HTTP, so only the part checksum stands between a flipped byte and the object."""
+    http_proxy.set_rules([Corrupt(after_bytes=MiB, tls=False, first=1)])  # inside part 1's body
+    src = make_random_file("flip.bin", 12 * MiB)
+    key = seaweed.unique_key(f"flip-{checksum}")
+    run = run_cli("upload", str(src), f"s3://{seaweed.bucket}/{key}", "--endpoint-url", http_proxy.url(),
+                  "--state-dir", str(tmp_path / "s"), "--part-size", "5MiB", "--concurrency", "1",
+                  "--checksum", checksum, "--json", env=s3_env(seaweed, tmp_path))
+    assert run.code == 0, run.stderr
+    assert http_proxy.stats().faults["corrupt"] == 1
+    part1 = [r.upstream_status for r in http_proxy.stats().requests
+             if r.method == "PUT" and r.query.startswith("partNumber=1&")]
+    assert part1 == [400, 200]  # SeaweedFS refused the damaged body (BadDigest); the resend was stored
+    assert "BadDigest" in run.stderr and run.summary["part_retries"] == 1
+    assert seaweed.get_object_bytes_md5(key).md5 == md5_file(src)
+    assert object_crc32(seaweed, key) == (composite_crc32(src, 5 * MiB) if checksum == "crc32" else None)
+
+
+# Recorded refusals of x-amz-checksum headers (see tests/unit/test_s3_protocol.py for sources).
+R2_REFUSAL = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>Header "
+              "'x-amz-checksum-algorithm' with value 'CRC32C' not implemented</Message></Error>")
+B2_REFUSAL = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n    <Code>InvalidArgument</Code>\n    "
+              "<Message>Unsupported header 'x-amz-checksum-crc32' received for this API call.</Message>\n</Error>")
+
+
+@pytest.mark.parametrize(("size", "refusal"), [
+    (12 * MiB, HttpRespond(status=501, body=R2_REFUSAL, method="POST", query="uploads", first=1)),
+    (MiB, HttpRespond(status=400, body=B2_REFUSAL, method="PUT", first=1)),
+], ids=["CreateMultipartUpload-r2", "PutObject-b2"])
+def test_a_store_refusing_crc32_gets_content_md5(
+        seaweed: Any, http_proxy: FaultProxy, make_random_file: Callable[..., Path], tmp_path: Path,
+        size: int, refusal: HttpRespond) -> None:
+    http_proxy.set_rules([refusal])
+    src = make_random_file("refused.bin", size)
+    key = seaweed.unique_key("nocrc")
+    run = run_cli("upload", str(src), f"s3://{seaweed.bucket}/{key}", "--endpoint-url", http_proxy.url(),
+                  "--state-dir", str(tmp_path / "s"), "--part-size", "5MiB", "--json", env=s3_env(seaweed, tmp_path))
+    assert run.code == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if "does not support x-amz-checksum-crc32" in line]
+    assert len(warnings) == 1 and warnings[0].endswith("; using Content-MD5 (--checksum md5)"), run.stderr
+    same = [(r.action, r.status) for r in http_proxy.stats().requests
+            if r.method == refusal.method and (refusal.query or "") in r.query and "partNumber" not in r.query]
+    assert same == [("respond", refusal.status), ("forwarded", 200)]
+    assert seaweed.get_object_bytes_md5(key).md5 == md5_file(src)
+    assert object_crc32(seaweed, key) is None  # the server saw Content-MD5 only
 
 
 def test_http_503_and_429_with_retry_after_are_honoured(

@@ -13,6 +13,7 @@ import pytest
 
 from resume import ManifestStore
 from tests.integration.cli import run_cli, s3_env
+from tests.integration.s3_checksums import composite_crc32, object_crc32
 from uploader import UploadOptions, UsageError, upload
 from uploader.engine import _Upload, build_protocol
 from uploader.source import open_source
@@ -28,17 +29,20 @@ def aws_env(seaweed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             monkeypatch.setenv(key, value)
 
 
+@pytest.mark.parametrize("checksum", [{}, {"checksum": "md5"}], ids=["default-crc32", "md5"])
 def test_library_upload_with_progress_and_log_lines(seaweed: Any, aws_env: None, tmp_path: Path,
                                                     make_random_file: Callable[..., Path],
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+                                                    caplog: pytest.LogCaptureFixture,
+                                                    checksum: dict[str, str]) -> None:
     src = make_random_file("lib.bin", 12 * MiB + 3)
     key = seaweed.unique_key("lib")
     seen: list[tuple[int, int]] = []
     with caplog.at_level(logging.INFO, logger="uploader"):
         result = upload(str(src), f"s3://{seaweed.bucket}/{key}", endpoint_url=seaweed.endpoint,
                         part_size="5MiB", state_dir=str(tmp_path / "state"),
-                        progress=lambda done, total: seen.append((done, total)))
+                        progress=lambda done, total: seen.append((done, total)), **checksum)
     assert seaweed.get_object_bytes_md5(key).md5 == hashlib.md5(src.read_bytes()).hexdigest()
+    assert object_crc32(seaweed, key) == (None if checksum else composite_crc32(src, 5 * MiB))
     assert result.bytes_total == src.stat().st_size and result.parts == 3 and not result.fallback_used
     assert seen[-1] == (src.stat().st_size, src.stat().st_size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -53,6 +57,9 @@ def test_library_raises_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         upload(str(tmp_path / "missing"), "s3://bkt/key")
     assert err.value.exit_code == 2
+    with pytest.raises(UsageError, match="--checksum must be crc32 or md5") as bad:
+        upload(str(tmp_path / "missing"), "s3://bkt/key", checksum="sha256")
+    assert bad.value.exit_code == 2
 
 
 def test_list_parts_pages_through_the_server(seaweed: Any, aws_env: None, tmp_path: Path,

@@ -5,6 +5,7 @@ Expected values come from the server (ListParts, GetObject) and from the file on
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 
 from tests.integration.cli import REPO, cli_args, manifests, popen_cli, run_cli, s3_env
+from tests.integration.s3_checksums import composite_crc32, crc32_b64, object_crc32
+from tests.servers.fault_proxy import FaultProxy, Throttle
 
 MiB = 1 << 20
 
@@ -92,19 +95,88 @@ def test_600mib_killed_and_resumed(seaweed: Any, env: dict[str, str], make_rando
     assert seaweed.list_multipart_uploads(_key(dest)) == []
 
 
+@pytest.mark.parametrize("checksum", [None, "md5"], ids=["default-crc32", "md5"])
 @pytest.mark.parametrize("size", [0, 1, 5 * MiB - 1, 5 * MiB, 5 * MiB + 1, 3 * 5 * MiB + 12345])
 def test_sizes_round_trip(seaweed: Any, env: dict[str, str], make_random_file: Callable[..., Path],
-                          tmp_path: Path, size: int) -> None:
+                          tmp_path: Path, size: int, checksum: str | None) -> None:
     src = make_random_file(f"f{size}.bin", size)
     dest = _dest(seaweed, f"size{size}")
+    flags = ["--checksum", checksum] if checksum else []
     run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--part-size", "5MiB",
-                  "--state-dir", str(tmp_path / "state"), "--json", env=env)
+                  "--state-dir", str(tmp_path / "state"), "--json", *flags, env=env)
     assert run.code == 0, run.stderr
     got = seaweed.get_object_bytes_md5(_key(dest))
     assert (got.size, got.md5) == (size, md5_file(src))
-    if size < 5 * MiB:  # single PutObject: a plain md5 ETag, never a multipart "-N" one
+    single = size < 5 * MiB
+    if single:  # single PutObject: a plain md5 ETag, never a multipart "-N" one
         assert "-" not in seaweed.head_object(_key(dest))["ETag"]
+    # The server kept the CRC-32 it verified (whole body, or composite of the parts); with
+    # Content-MD5 only, it has none.
+    expected = crc32_b64(src.read_bytes()) if single else composite_crc32(src, 5 * MiB)
+    assert object_crc32(seaweed, _key(dest)) == (None if checksum == "md5" else expected)
     assert seaweed.list_multipart_uploads(_key(dest)) == []
+
+
+def _kill_with_recorded_parts(seaweed: Any, env: dict[str, str], src: Path, dest: str, state: Path,
+                              *extra: str) -> None:
+    """Kill -9 once the manifest has recorded 2 parts and the server holds 4 (a link slowed
+    to 4 MiB/s per connection, so that happens long before the end)."""
+    with FaultProxy("127.0.0.1", seaweed.s3_port, [Throttle(bytes_per_sec=4 * MiB)]) as slow:
+        proc = popen_cli("upload", str(src), dest, "--endpoint-url", slow.url(), "--state-dir", str(state),
+                         "--part-size", "5MiB", "--concurrency", "2", *extra, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "upload finished before it could be interrupted"
+            found = manifests(state)
+            recorded = [p for p in found[0]["parts"] if p["etag"]] if found else []
+            if len(recorded) >= 2 and len(seaweed.list_parts(_key(dest), found[0]["session"]["upload_id"])) >= 4:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+            time.sleep(0.05)
+    raise AssertionError("the manifest never recorded 2 parts")
+
+
+def _forget_one_recorded_part(state: Path, data: bytes, created_with: str) -> int:
+    """Make the manifest forget a part the server has, as if the process had died between the
+    server's reply and the manifest write; returns the part's number."""
+    (path,) = state.glob("*.json")
+    manifest = json.loads(path.read_text())
+    assert manifest["session"]["checksum"] == created_with
+    recorded = [p for p in manifest["parts"] if p["etag"]]
+    for p in recorded:  # CRC-32s are kept exactly for uploads created with CRC32
+        part_crc = crc32_b64(data[p["off"]:p["off"] + p["len"]])
+        assert p.get("crc32") == (part_crc if created_with == "crc32" else None)
+    forgotten = recorded[0]
+    forgotten["etag"] = forgotten["xxh3"] = None
+    forgotten.pop("crc32", None)
+    path.write_text(json.dumps(manifest))
+    return int(forgotten["n"])
+
+
+@pytest.mark.parametrize(("first", "second"), [("crc32", "crc32"), ("md5", "md5"), ("crc32", "md5")])
+def test_killed_and_resumed_completes_with_the_checksum_it_was_created_with(
+        seaweed: Any, env: dict[str, str], make_random_file: Callable[..., Path], tmp_path: Path,
+        first: str, second: str) -> None:
+    """The resumed Complete needs the CRC-32 of parts the first process sent: from the
+    manifest, or computed from the file for a part the manifest never recorded (SeaweedFS's
+    ListParts has no ChecksumCRC32). A changed --checksum does not change a started upload."""
+    src = make_random_file("k.bin", 60 * MiB)
+    dest, state = _dest(seaweed, f"kill-{first}-{second}"), tmp_path / "state"
+    _kill_with_recorded_parts(seaweed, env, src, dest, state, "--checksum", first)
+    forgotten = _forget_one_recorded_part(state, src.read_bytes(), first)
+    with FaultProxy("127.0.0.1", seaweed.s3_port, http=True) as proxy:  # to see what is re-sent
+        run = run_cli("upload", str(src), dest, "--endpoint-url", proxy.url(), "--state-dir", str(state),
+                      "--checksum", second, "--json", "-v", env=env)
+        sent = [r.query for r in proxy.stats().requests if r.method == "PUT"]
+    assert run.code == 0, run.stderr
+    assert run.summary["resumed"] is True
+    assert not [q for q in sent if q.startswith(f"partNumber={forgotten}&")], "a part the server had was re-sent"
+    assert seaweed.get_object_bytes_md5(_key(dest)).md5 == md5_file(src)
+    assert object_crc32(seaweed, _key(dest)) == (composite_crc32(src, 5 * MiB) if first == "crc32" else None)
+    switched = "created with checksum crc32 and continues with it (--checksum md5 applies to new uploads)"
+    assert (switched in run.stderr) == (first != second)
+    assert manifests(state) == []
 
 
 class _CountingListener:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from chunker import GiB, MiB, PartLimits, digest_part, digest_range, parse_size, plan_parts, read_part
+from chunker import GiB, MiB, PartLimits, digest_bytes, digest_part, digest_range, parse_size, plan_parts, read_part
 
 
 def test_plan_for_60_gib_sparse_file_stays_within_s3_limits(tmp_path: Path) -> None:
@@ -93,3 +93,12 @@ def test_digests_match_reference_implementations(tmp_path: Path) -> None:
 
     assert streamed.crc32 == zlib.crc32(chunk)
     assert d.md5_b64 == base64.b64encode(hashlib.md5(chunk).digest()).decode()
+
+
+def test_crc32_b64_is_what_s3_wants_for_the_check_value() -> None:
+    """CRC-32 check value (CRC catalogue, CRC-32/ISO-HDLC): CRC-32(b"123456789") = 0xCBF43926;
+    S3's x-amz-checksum-crc32 is the base64 of its 4 big-endian bytes CB F4 39 26."""
+    d = digest_bytes(b"123456789", ("crc32",))
+    assert d.crc32 == 0xCBF43926
+    assert d.crc32_b64 == "y/Q5Jg=="
+    assert d.md5 is None  # only what was asked for is computed

@@ -136,6 +136,31 @@ def test_reconcile_trusts_server_and_verifies_unrecorded_parts() -> None:
     assert parts[2].etag is None and parts[3].etag is None
 
 
+def test_reconcile_keeps_the_servers_crc32_for_parts_the_manifest_lacks() -> None:
+    """ListParts lists ChecksumCRC32 for uploads created with CRC32 (AWS; SeaweedFS does not):
+    a kept part without a recorded CRC-32 takes the server's, a recorded one keeps its own."""
+    chunks = [b"aaaaa", b"bbbbb"]
+    parts = [PartRecord(1, 0, 5, etag=_md5(chunks[0]), crc32="bWluZQ=="), PartRecord(2, 5, 5)]
+    server = {1: [ServerPart(1, 5, _md5(chunks[0]), crc32="c2VydmVy")],
+              2: [ServerPart(2, 5, _md5(chunks[1]), crc32="dGhlaXJz")]}
+    assert reconcile(parts, server, lambda p: _md5(chunks[p.number - 1])) == []
+    assert [p.crc32 for p in parts] == ["bWluZQ==", "dGhlaXJz"]
+
+
+def test_manifest_keeps_part_crc32_and_loads_manifests_without_it(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"0123456789")
+    manifest = _manifest(src)
+    manifest.parts[0].crc32 = "y/Q5Jg=="
+    data = json.loads(manifest.dumps())
+    assert data["parts"][0]["crc32"] == "y/Q5Jg=="
+    assert "crc32" not in data["parts"][1]  # not recorded: absent, not null
+    assert Manifest.loads(manifest.dumps()).parts[0].crc32 == "y/Q5Jg=="
+    del data["parts"][0]["crc32"]  # as written before the field existed
+    old = Manifest.loads(json.dumps(data).encode())
+    assert old.parts[0].crc32 is None and old.parts[0].etag == "e1"
+
+
 def test_manifest_json_holds_no_credentials(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(b"0123456789")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from chunker import Part, PartDigest, PartLimits
 from resume import ServerPart
@@ -49,3 +49,16 @@ class MultipartProtocol(Protocol):
     def single_shot(self, size: int, digest: PartDigest | None) -> HttpRequest: ...
     def parse_single_shot(self, resp: HttpResponse) -> Completed: ...
     def local_etag(self, digest: PartDigest) -> str | None: ...
+
+
+@runtime_checkable
+class PartChecksums(Protocol):
+    """Optional, on top of MultipartProtocol: a target whose session fixes the part checksum
+    and whose Complete repeats it (S3 created with x-amz-checksum-algorithm: CRC32). Apart,
+    so targets without it (tus, Procore) need not know about it."""
+
+    etag_digests: tuple[str, ...]  # digests `local_etag` needs (may differ from part_digests)
+
+    def use_session(self, session: Mapping[str, Any]) -> None: ...
+    def complete_with_checksums(self, session: Mapping[str, Any],
+                                parts: Sequence[tuple[int, str, str | None]]) -> HttpRequest: ...

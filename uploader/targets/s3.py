@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -17,15 +18,22 @@ from botocore.awsrequest import AWSRequest
 from chunker import Part, PartDigest, PartLimits
 from chunker.plan import GiB
 from resume import ServerPart
-from uploader.errors import PermanentError, SessionLost, TransientError, UsageError
+from uploader.config import CHECKSUMS, ChecksumMode
+from uploader.errors import ChecksumUnsupported, PermanentError, SessionLost, TransientError, UsageError
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
 from uploader.targets.base import Completed, PartListing
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
+log = logging.getLogger(__name__)
 UNSIGNED = "UNSIGNED-PAYLOAD"
 # S3 error codes that mean "the bytes or the clock went wrong in transit": send again.
 TRANSIENT_CODES = {"BadDigest", "RequestTimeout", "IncompleteBody", "SlowDown", "InternalError"}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+# How stores that do not know the x-amz-checksum headers refuse them (from their users'
+# reports): Cloudflare R2 501 NotImplemented "Header 'x-amz-checksum-algorithm' with value
+# 'CRC32C' not implemented"; Backblaze B2 400 InvalidArgument "Unsupported header
+# 'x-amz-checksum-crc32' received for this API call."
+_CHECKSUM_REFUSALS = frozenset({"InvalidRequest", "InvalidArgument", "NotImplemented"})
 
 
 class Credentials(Protocol):
@@ -63,8 +71,8 @@ class S3Location:
 
 
 class _Signer(S3SigV4Auth):
-    """SigV4 with the payload hash decided by us: UNSIGNED-PAYLOAD for file bodies
-    (Content-MD5 still protects them), the real sha256 for small XML bodies."""
+    """SigV4 with the payload hash decided by us: UNSIGNED-PAYLOAD for file bodies (their
+    x-amz-checksum-crc32 or Content-MD5 still protects them), the real sha256 for small XML bodies."""
 
     def payload(self, request: AWSRequest) -> str:
         preset = request.context.get("payload_hash")
@@ -96,6 +104,25 @@ def error_code_and_message(body: bytes) -> tuple[str, str]:
     return _xml_text(root, "Code") or "", _xml_text(root, "Message") or ""
 
 
+def refuses_checksum(resp: HttpResponse) -> bool:
+    """Did the server refuse the request because it does not support an x-amz-checksum header?"""
+    if resp.status not in (400, 501):
+        return False
+    code, message = error_code_and_message(resp.body)
+    return code in _CHECKSUM_REFUSALS and "checksum" in message.lower()
+
+
+def _checksum_header(checksum: str, digest: PartDigest) -> dict[str, str]:
+    if checksum == "crc32":
+        return {"x-amz-checksum-crc32": digest.crc32_b64}
+    return {"Content-MD5": digest.md5_b64}
+
+
+def _complete_item(number: int, etag: str, crc32: str | None) -> str:
+    crc = f"<ChecksumCRC32>{crc32}</ChecksumCRC32>" if crc32 is not None else ""
+    return f"<Part><PartNumber>{number}</PartNumber><ETag>\"{etag}\"</ETag>{crc}</Part>"
+
+
 def s3_error(resp: HttpResponse, label: str) -> Exception:
     """Turn a non-2xx (or a 200 carrying <Error>) into our error classes."""
     code, message = error_code_and_message(resp.body)
@@ -112,7 +139,8 @@ def s3_error(resp: HttpResponse, label: str) -> Exception:
 class S3Protocol:
     kind: str = "s3"
     limits: PartLimits = PartLimits()
-    part_digests: tuple[str, ...] = ("md5",)
+    # An unencrypted part's ETag is the md5 of its bytes: what reconcile compares on resume.
+    etag_digests: tuple[str, ...] = ("md5",)
     single_shot_max: int = 5 * GiB
     list_page_size: int = 1000  # S3's maximum; smaller only to exercise paging in tests
 
@@ -124,12 +152,39 @@ class S3Protocol:
         region: str,
         credentials: Any,
         source: str,
+        checksum: ChecksumMode = "crc32",
     ) -> None:
         self.location = location
         self.source = source
         self.region = region
         self._credentials = credentials  # botocore Credentials: refreshable, never stored
         self.object_url = self._object_url(endpoint_url)
+        self._use(checksum)
+
+    def _use(self, checksum: str) -> None:
+        if checksum not in CHECKSUMS:
+            raise ValueError(f"unknown S3 checksum {checksum!r}")
+        self.checksum = checksum
+        # Only the digest the server verifies is computed per part: md5 costs 3x crc32's CPU.
+        self.part_digests: tuple[str, ...] = (checksum,)
+
+    def use_session(self, session: Mapping[str, Any]) -> None:
+        """Continue an upload with the checksum it was created with: one created with CRC32
+        must complete with CRC32 (manifests from before the option: Content-MD5)."""
+        created = str(session.get("checksum", "md5"))
+        if created != self.checksum:
+            log.debug("The interrupted upload was created with checksum %s and continues with it "
+                      "(--checksum %s applies to new uploads)", created, self.checksum)
+        self._use(created)
+
+    def _refused(self, resp: HttpResponse, label: str) -> ChecksumUnsupported:
+        """Switch to Content-MD5 after a store refused x-amz-checksum-*; the caller sends again."""
+        code, message = error_code_and_message(resp.body)
+        self._use("md5")
+        host = urlsplit(self.object_url).netloc
+        return ChecksumUnsupported(
+            f"{host} does not support x-amz-checksum-crc32 ({label}: HTTP {resp.status} {code}: {message}); "
+            "using Content-MD5 (--checksum md5)", status=resp.status, code=code or None)
 
     def _object_url(self, endpoint_url: str | None) -> str:
         key = quote(self.location.key, safe="/~")
@@ -168,14 +223,21 @@ class S3Protocol:
     # -- multipart --------------------------------------------------------------
 
     def create(self, size: int, part_size: int) -> HttpRequest:
-        return self._signed("POST", "uploads=", label="CreateMultipartUpload")
+        # With an algorithm, S3 verifies each part's x-amz-checksum-crc32 and wants the part
+        # checksums again in Complete; without one, parts carry Content-MD5.
+        headers = {"x-amz-checksum-algorithm": "CRC32"} if self.checksum == "crc32" else {}
+        return self._signed("POST", "uploads=", headers=headers, label="CreateMultipartUpload")
 
     def parse_create(self, resp: HttpResponse) -> dict[str, Any]:
+        """The session to keep in the manifest. Raises ChecksumUnsupported (after switching
+        to Content-MD5) when the store refused the algorithm: create again."""
+        if self.checksum == "crc32" and refuses_checksum(resp):
+            raise self._refused(resp, "CreateMultipartUpload")
         root = self._xml_ok(resp, "CreateMultipartUpload")
         upload_id = _xml_text(root, "UploadId")
         if not upload_id:
             raise TransientError("CreateMultipartUpload: reply has no UploadId")
-        return {"upload_id": upload_id}
+        return {"upload_id": upload_id, "checksum": self.checksum}
 
     def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest:
         # Query keys in sorted order: SigV4's canonical query string wants them so.
@@ -190,6 +252,7 @@ class S3Protocol:
                 number=int(_xml_text(p, "PartNumber") or 0),
                 size=int(_xml_text(p, "Size") or -1),
                 etag=(_xml_text(p, "ETag") or "").strip('"'),
+                crc32=_xml_text(p, "ChecksumCRC32"),
             )
             for p in _xml_all(root, "Part")
         ]
@@ -203,7 +266,8 @@ class S3Protocol:
         query = f"partNumber={part.number}&uploadId={quote(session['upload_id'], safe='')}"
         return self._signed(
             "PUT", query,
-            headers={"Content-MD5": digest.md5_b64, "Content-Length": str(part.length)},
+            headers={**_checksum_header(str(session.get("checksum", "md5")), digest),
+                     "Content-Length": str(part.length)},
             body=FileSlice(self.source, part.offset, part.length),
             label=f"UploadPart {part.number}",
         )
@@ -217,9 +281,16 @@ class S3Protocol:
         return etag.strip('"')
 
     def complete(self, session: Mapping[str, Any], etags: Sequence[tuple[int, str]]) -> HttpRequest:
-        items = "".join(
-            f"<Part><PartNumber>{n}</PartNumber><ETag>\"{e}\"</ETag></Part>" for n, e in etags
-        )
+        return self.complete_with_checksums(session, [(n, e, None) for n, e in etags])
+
+    def complete_with_checksums(self, session: Mapping[str, Any],
+                                parts: Sequence[tuple[int, str, str | None]]) -> HttpRequest:
+        """parts: (number, ETag, base64 CRC-32). An upload created with CRC32 must list every
+        part's ChecksumCRC32 (SeaweedFS answers InvalidRequest without them, BadDigest if wrong)."""
+        with_crc = session.get("checksum") == "crc32"
+        if with_crc and any(c is None for _, _, c in parts):
+            raise ValueError("an upload created with CRC32 needs every part's CRC-32 to complete")
+        items = "".join(_complete_item(n, e, c if with_crc else None) for n, e, c in parts)
         body = f'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{items}</CompleteMultipartUpload>'
         query = f"uploadId={quote(session['upload_id'], safe='')}"
         return self._signed("POST", query, headers={"Content-Type": "application/xml"},
@@ -237,12 +308,14 @@ class S3Protocol:
 
     def single_shot(self, size: int, digest: PartDigest | None) -> HttpRequest:
         headers = {"Content-Length": str(size)}
-        if digest is not None and digest.md5 is not None:
-            headers["Content-MD5"] = digest.md5_b64
+        if digest is not None:
+            headers.update(_checksum_header(self.checksum, digest))
         body: bytes | FileSlice = FileSlice(self.source, 0, size) if size else b""
         return self._signed("PUT", "", headers=headers, body=body, label="PutObject")
 
     def parse_single_shot(self, resp: HttpResponse) -> Completed:
+        if self.checksum == "crc32" and refuses_checksum(resp):
+            raise self._refused(resp, "PutObject")
         if not resp.ok:
             raise s3_error(resp, "PutObject")
         return Completed((resp.header("etag") or "").strip('"') or None, self.destination())
