@@ -1,4 +1,5 @@
-"""Progress counts committed bytes only: a retried part never counts twice."""
+"""Progress counts committed bytes: a retried part never counts twice. (A streamed tus
+PATCH, which may run for minutes, reports bytes handed to the socket as it goes.)"""
 
 from __future__ import annotations
 
