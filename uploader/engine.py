@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -89,6 +89,7 @@ class _Upload:
         self.manifest: Manifest | None = None
         self.bytes_sent = 0
         self.bytes_resumed = 0
+        self._unverified: dict[int, Sequence[ServerPart]] = {}  # listed by the server, not yet checked
         self.retries = 0
         self.resumed = False
         self.parts_total = 0  # set by each flow from its plan (or the manifest's, on resume)
@@ -249,13 +250,31 @@ class _Upload:
             self.protocol.use_session(manifest.session)
         self.parts_total = len(manifest.parts)
         server = await self.server_parts(manifest)
-        todo = await asyncio.to_thread(reconcile, manifest.parts, server, self._local_etag)
+        # Parts the server lists but the manifest never recorded must be checked against the
+        # file (a digest each); that waits in the queue behind the parts the server lacks, so
+        # a resume starts sending at once. No local hashing here: they come back in todo.
+        todo = reconcile(manifest.parts, server, lambda _part: None)
+        self._unverified = {p.number: server[p.number] for p in todo if server.get(p.number)}
+        todo.sort(key=lambda p: p.number in self._unverified)
         self.bytes_resumed = manifest.bytes_done()
-        log.info("Resuming: %d of %d parts (%s) already on the server",
-                 len(manifest.parts) - len(todo), len(manifest.parts), mb(self.bytes_resumed))
+        log.info("Resuming: %d of %d parts (%s) already on the server%s",
+                 len(manifest.parts) - len(todo), len(manifest.parts), mb(self.bytes_resumed),
+                 f"; {len(self._unverified)} more to check against the file" if self._unverified else "")
         self.progress.start_at(self.bytes_resumed)
-        await self.checkpoint(force=True)
         return await self.send_parts(todo)
+
+    async def _held_already(self, record: PartRecord) -> bool:
+        """A part the server listed before this run: kept (not sent) if its ETag matches."""
+        listed = self._unverified.pop(record.number, None)
+        if not listed:
+            return False
+        missing = await asyncio.to_thread(reconcile, [record], {record.number: listed}, self._local_etag)
+        if missing:
+            return False
+        self.bytes_resumed += record.length
+        self.progress.start_at(record.length)
+        await self.checkpoint()
+        return True
 
     def _local_etag(self, record: PartRecord) -> str | None:
         # Only for parts the server has but the manifest never recorded (rare): the digest an
@@ -297,6 +316,8 @@ class _Upload:
         session = self.manifest.session
         while not queue.empty():
             record = queue.get_nowait()
+            if await self._held_already(record):
+                continue
             part = Part(record.number, record.offset, record.length)
             digest = await self._digest(part)
             etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
