@@ -72,8 +72,10 @@ def test_a_named_profile_is_read_through_the_chain(aws_env: Path, tmp_path: Path
 
 def test_env_keys_without_a_config_file_skip_botocore_session(aws_env: Path, tmp_path: Path) -> None:
     # The point of the quick path: a resume starts ~0.1 s sooner without botocore.session.
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x")
     code = ("import sys; from uploader.aws import s3_protocol; from uploader.config import UploadOptions; "
-            f"s3_protocol(UploadOptions(source={str(tmp_path)!r}, destination='s3://b/k'), 'f'); "
+            f"s3_protocol(UploadOptions(source={str(src)!r}, destination='s3://bkt/k'), {str(src)!r}); "
             "print('botocore.session' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
                          check=True, timeout=60)
