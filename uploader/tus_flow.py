@@ -308,6 +308,7 @@ class TusFlow:
 
     async def _recover(self, segment: Segment, exc: TransientError, failures: int) -> None:
         """After a failed PATCH: wait if the server asked for it, then HEAD."""
+        self.run.check_source()  # a file cut short fails every PATCH: say so, not "network"
         self.run.retries += 1
         log.info("Retrying after attempt %d/%d failed: %s", failures, self.run.policy.attempts, exc)
         # A 409 or 460 says nothing about load: HEAD at once. Everything else backs off.
@@ -338,6 +339,9 @@ class TusFlow:
         return self._finish(segment.url)
 
     def _finish(self, url: str) -> Completed:
+        # The server has every byte; if the file changed meanwhile they are not one version
+        # of it: exit 2 with the manifest kept, as for S3 (--restart sends it again).
+        self.run.check_source()
         self.run.store.delete()  # only now: the server holds every byte
         self.run.manifest = None
         return self.protocol.completed(url)

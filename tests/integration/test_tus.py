@@ -24,7 +24,7 @@ import requests
 
 from resume import FileIdentity, ManifestStore
 from tests.integration.cli import Run, manifests, popen_cli, run_cli, s3_env
-from tests.servers.fault_proxy import FaultProxy, Reset, Stall
+from tests.servers.fault_proxy import FaultProxy, Reset, Stall, Throttle
 from tests.servers.seaweed import SeaweedFS
 from tests.servers.tus_servers import TusNodeServer
 from tests.servers.tus_spec_server import TusSpecServer
@@ -402,6 +402,33 @@ def test_link_faults_mid_patch(rule: Reset | Stall, chunking: tuple[str, ...], e
         assert result.summary["bytes_sent"] <= size + chunk
         assert result.summary["part_retries"] >= 1
         assert tus.stored_md5(result.summary["upload_id"]) == md5_file(src)
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, 4 * MiB)
+
+
+def _rewrite_sent_bytes(path: Path) -> None:
+    with path.open("r+b") as fh:  # same size; bytes the server already has
+        fh.seek(1000)
+        fh.write(os.urandom(64))
+
+
+@pytest.mark.parametrize("change", [_truncate, _rewrite_sent_bytes], ids=["truncated", "rewritten"])
+def test_file_changed_while_streaming_stops_with_the_restart_hint(
+        change: Callable[[Path], None], file_tus: TusNodeServer, env: dict[str, str],
+        make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_random_file("moving.bin", 48 * MiB)
+    state = tmp_path / "state"
+    with FaultProxy("127.0.0.1", file_tus.port, rules=[Throttle(bytes_per_sec=16 * MiB)], http=True) as proxy:
+        proc = start_upload(env, src, proxy.url() + "/files/", state)
+        proxy.wait_for(lambda st: st.bytes_up > 8 * MiB, timeout=60)
+        change(src)
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert "changed while uploading" in stderr and "--restart" in stderr
+    assert "Traceback" not in stderr and "FAILED AFTER ALL RETRIES" not in stderr
+    assert len(manifests(state)) == 1  # kept: --restart (or abort) can still delete the upload
 
 
 def test_a_413_on_the_streamed_patch_switches_to_chunks(env: dict[str, str], make_random_file: Callable[..., Path],
