@@ -14,12 +14,14 @@ from uploader.targets.s3 import S3Location, S3Protocol
 
 def _session(profile: str | None) -> Any:
     import botocore.session  # ~0.1 s more than signing needs: only when files must be read
-    from botocore.exceptions import ProfileNotFound
+    from botocore.exceptions import ConfigParseError, ProfileNotFound
 
     try:
         session = botocore.session.Session(profile=profile)
         session.get_scoped_config()  # raises ProfileNotFound early
         return session
+    except ConfigParseError as exc:
+        raise UsageError(f"{exc}: fix the file, or point AWS_CONFIG_FILE elsewhere") from None
     except ProfileNotFound:
         name = profile or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
         raise UsageError(f"AWS profile {name!r} not found in the AWS config files") from None
@@ -83,11 +85,13 @@ def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:
     location = S3Location.parse(options.destination)
     credentials = _from_env_only(options)
     session = None if credentials is not None else _session(options.profile)
+    # AWS_REGION first, as AWS CLI v2 and the other SDKs read it (botocore alone does not).
+    region = options.region or os.environ.get("AWS_REGION")
     if session is not None:
         credentials = _from_chain(session)
-        region = options.region or session.get_config_variable("region") or "us-east-1"
+        region = region or session.get_config_variable("region") or "us-east-1"
     else:
-        region = options.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return S3Protocol(
         location,
         endpoint_url=_endpoint(options, session),

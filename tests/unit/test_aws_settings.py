@@ -13,6 +13,7 @@ import pytest
 
 from uploader.aws import s3_protocol
 from uploader.config import UploadOptions
+from uploader.errors import UsageError
 
 KEY, SECRET, TOKEN = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token-1"
 
@@ -49,12 +50,31 @@ def test_env_keys_without_a_config_file_match_the_chain(aws_env: Path, tmp_path:
                                                         monkeypatch: pytest.MonkeyPatch, region: str | None) -> None:
     if region:
         monkeypatch.setenv("AWS_DEFAULT_REGION", region)
-    monkeypatch.setenv("AWS_REGION", "ap-south-1")  # botocore does not read this one
     proto = protocol(tmp_path)
     creds, chain_region = chain()
     frozen = proto._credentials.get_frozen_credentials()  # type: ignore[attr-defined]
     assert (frozen.access_key, frozen.secret_key, frozen.token) == creds
     assert proto.region == (chain_region or "us-east-1")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("config", ["", "[default]\nregion = sa-east-1\n"], ids=["env-only", "config-file"])
+def test_aws_region_wins_over_aws_default_region_and_the_profile(
+        aws_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str) -> None:
+    # AWS CLI v2's order (its docs: AWS_REGION overrides AWS_DEFAULT_REGION and the profile).
+    if config:
+        aws_env.write_text(config)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert protocol(tmp_path).region == "eu-west-1"  # type: ignore[attr-defined]
+    assert protocol(tmp_path, region="us-west-2").region == "us-west-2"  # type: ignore[attr-defined]
+
+
+def test_an_unreadable_config_file_is_a_usage_error(aws_env: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    aws_env.write_text("[profile p1\nregion = x\n")
+    monkeypatch.setenv("AWS_PROFILE", "p1")
+    with pytest.raises(UsageError, match="AWS_CONFIG_FILE"):
+        protocol(tmp_path)
 
 
 def test_a_config_file_is_read_through_the_chain(aws_env: Path, tmp_path: Path) -> None:

@@ -153,7 +153,8 @@ def test_user_headers_cannot_override_tus_headers() -> None:
 def test_tus_urls() -> None:
     assert parse_tus_url("tus+https://h.example/files/") == "https://h.example/files/"
     assert parse_tus_url("http://127.0.0.1:1080/files") == "http://127.0.0.1:1080/files"
-    for bad in ("s3://bucket/key", "tus+ftp://h/", "https:///files"):
+    for bad in ("s3://bucket/key", "tus+ftp://h/", "https:///files", "tus+http://[::1/files/",
+                "tus+http://127.0.0.1:99999/files/"):
         with pytest.raises(UsageError):
             parse_tus_url(bad)
 

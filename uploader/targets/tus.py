@@ -411,7 +411,11 @@ def _check_user_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def parse_tus_url(destination: str) -> str:
     """`tus+https://host/files/` or `https://host/files/` -> the http(s) creation URL."""
-    parts = urlsplit(destination)
+    try:
+        parts = urlsplit(destination)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise UsageError(f"{redact_url(destination)!r} is not a valid URL ({exc})") from None
     scheme = parts.scheme.lower().removeprefix("tus+")
     if scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"{redact_url(destination)!r} is not a tus endpoint: use "
