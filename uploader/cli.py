@@ -34,7 +34,24 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, as for every other bad input
         if "--json" in sys.argv[1:]:  # a script asked for JSON: give it JSON even now
             print(json.dumps({"error": message, "exit_code": EXIT_USAGE}))
-        self.exit(EXIT_USAGE, f"chunkhaul: error: {message} (see chunkhaul upload --help)\n")
+        self.exit(EXIT_USAGE, f"chunkhaul: error: {message} (see {self.prog} --help)\n")
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("chunkhaul")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        print(f"chunkhaul {text}")
+        parser.exit(0)
 
 
 def _pairs(values: Sequence[str] | None, sep: str, flag: str) -> dict[str, str]:
@@ -55,6 +72,7 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chunkhaul", description="Resumable, parallel, verified uploads.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     up = sub.add_parser("upload", help="upload FILE to DEST (run again to resume)")
     up.add_argument("file")
@@ -109,7 +127,7 @@ def _add_abort_parser(sub: Any) -> None:
                         "and its resume manifest")
     ab.add_argument("file")
     ab.add_argument("destination")
-    ab.add_argument("--protocol", choices=["s3", "tus"])
+    ab.add_argument("--protocol", choices=["s3", "tus", "procore"])
     ab.add_argument("--endpoint-url")
     ab.add_argument("--region")
     ab.add_argument("--profile")
@@ -120,6 +138,7 @@ def _add_abort_parser(sub: Any) -> None:
     ab.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS")
     ab.add_argument("--json", action="store_true")
     _add_verbosity(ab)
+    _add_procore_flags(ab)
 
 
 def _options(args: argparse.Namespace) -> UploadOptions:
@@ -208,6 +227,8 @@ def run_abort(args: argparse.Namespace) -> int:
             endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
             state_dir=args.state_dir, ca_bundle=args.ca_bundle, headers=_pairs(args.header, ":", "--header"),
             connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
+            procore_api=args.procore_api, token_file=args.token_file,
+            procore_base_url=SANDBOX_URL if args.sandbox else args.procore_base_url,
         )
     except ChunkhaulError as exc:
         return _fail(args, exc.exit_code, str(exc))

@@ -95,9 +95,10 @@ class UploadOptions:
         if self.checksum not in CHECKSUMS:
             raise UsageError(f"--checksum must be crc32 or md5, got {self.checksum!r}")
         if self.retries < 1:
-            raise UsageError("retries must be at least 1")
-        if self.connect_timeout <= 0 or self.stall_timeout <= 0:
-            raise UsageError("timeouts must be positive")
+            raise UsageError(f"--retries must be at least 1, got {self.retries}")
+        for flag, seconds in (("--connect-timeout", self.connect_timeout), ("--stall-timeout", self.stall_timeout)):
+            if not 0 < seconds < float("inf"):  # also refuses nan, which compares false
+                raise UsageError(f"{flag} must be a positive number of seconds, got {seconds}")
         if self.sync_delay < 0 or (self.sync_deadline is not None and self.sync_deadline <= 0):
             raise UsageError("--sync-deadline must be positive and --sync-delay not negative")
         if self.procore_api not in (None, "v2.1", "v1.1"):

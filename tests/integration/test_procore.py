@@ -170,6 +170,26 @@ def test_v11_600mib_killed_and_resumed(procore: ProcoreEmulator, cli: Cli,
     assert manifests(cli.state) == []
 
 
+def test_abort_takes_the_procore_options_and_forgets_the_upload(
+        procore: ProcoreEmulator, cli: Cli, env: dict[str, str], make_random_file: Callable[..., Path],
+        tmp_path: Path) -> None:
+    src = make_random_file("plans.bin", 64 * MiB)
+    with storage_through(procore, [Throttle(bytes_per_sec=8 * MiB, direction=Direction.UP)]):
+        proc = cli.popen(src, V21_DEST, "--part-size", "8MiB", "--concurrency", "1")
+        wait_for_recorded(cli.state, 1, proc)
+        kill(proc)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    no_env = {k: v for k, v in env.items() if k != "PROCORE_ACCESS_TOKEN"}
+    api_before = procore.count(side="api")
+    run = run_cli("abort", str(src), V21_DEST, "--procore-base-url", procore.base_url, "--state-dir",
+                  str(cli.state), "--token-file", str(token_file), "--json", env=no_env)
+    assert run.code == 0, run.stderr
+    assert json.loads(run.stdout) == {"aborted": True}
+    assert manifests(cli.state) == []
+    assert procore.count(side="api") == api_before  # Procore has no delete: unfinished uploads expire
+
+
 def test_v11_resume_after_the_start_window_creates_a_new_upload(
         procore: ProcoreEmulator, cli: Cli, make_random_file: Callable[..., Path]) -> None:
     procore.start_window_s = 4  # stands for uploads.md's one hour
