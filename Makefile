@@ -1,4 +1,4 @@
-.PHONY: setup test demo bench chaos lint
+.PHONY: setup test demo servers bench chaos lint
 setup:
 	scripts/bootstrap.sh
 test:
@@ -6,6 +6,10 @@ test:
 demo:
 	scripts/bootstrap.sh
 	.venv/bin/python scripts/demo.py
+# servers: local SeaweedFS + @tus/server to try the CLI by hand, until Ctrl-C.
+servers:
+	scripts/bootstrap.sh
+	.venv/bin/python scripts/servers.py
 lint:
 	scripts/bootstrap.sh
 	.venv/bin/ruff check chunker resume uploader tests bench

@@ -1,0 +1,34 @@
+"""Local servers to try chunkhaul by hand: SeaweedFS (S3) and @tus/server (file store), on
+127.0.0.1 with free ports, until Ctrl-C. Run with `make servers`; it prints what to paste.
+(The same servers the tests and the demo use; their data lives in temp dirs, gone at exit.)"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.servers.seaweed import SeaweedFS  # noqa: E402
+from tests.servers.tus_servers import TusNodeServer  # noqa: E402
+
+
+def main() -> None:
+    with SeaweedFS() as s3, TusNodeServer("file") as tus:
+        print(f"""S3 (SeaweedFS), bucket {s3.bucket}:
+  export AWS_ACCESS_KEY_ID={s3.access_key} AWS_SECRET_ACCESS_KEY={s3.secret_key}
+  .venv/bin/chunkhaul upload FILE s3://{s3.bucket}/KEY --endpoint-url {s3.endpoint}
+tus (@tus/server, files stored in {tus.directory}):
+  .venv/bin/chunkhaul upload FILE tus+{tus.url}
+Ctrl-C stops both.""", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
