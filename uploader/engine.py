@@ -249,6 +249,9 @@ class _Upload:
         if isinstance(self.protocol, PartChecksums):  # parts go on as the upload was created
             self.protocol.use_session(manifest.session)
         self.parts_total = len(manifest.parts)
+        if isinstance(self.options.part_size, int) and self.options.part_size != manifest.part_size:
+            log.info("The interrupted upload continues with its parts of %s (--part-size applies to new "
+                     "uploads)", mb(manifest.part_size))
         server = await self.server_parts(manifest)
         # Parts the server lists but the manifest never recorded must be checked against the
         # file (a digest each); that waits in the queue behind the parts the server lacks, so

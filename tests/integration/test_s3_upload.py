@@ -167,7 +167,7 @@ def test_killed_and_resumed_completes_with_the_checksum_it_was_created_with(
     forgotten = _forget_one_recorded_part(state, src.read_bytes(), first)
     with FaultProxy("127.0.0.1", seaweed.s3_port, http=True) as proxy:  # to see what is re-sent
         run = run_cli("upload", str(src), dest, "--endpoint-url", proxy.url(), "--state-dir", str(state),
-                      "--checksum", second, "--json", "-v", env=env)
+                      "--checksum", second, "--part-size", "8MiB", "--json", "-v", env=env)
         sent = [r.query for r in proxy.stats().requests if r.method == "PUT"]
     assert run.code == 0, run.stderr
     assert run.summary["resumed"] is True
@@ -176,6 +176,7 @@ def test_killed_and_resumed_completes_with_the_checksum_it_was_created_with(
     assert object_crc32(seaweed, _key(dest)) == (composite_crc32(src, 5 * MiB) if first == "crc32" else None)
     switched = "created with checksum crc32 and continues with it (--checksum md5 applies to new uploads)"
     assert (switched in run.stderr) == (first != second)
+    assert "continues with its parts of 5.00 MB (--part-size applies to new uploads)" in run.stderr
     assert manifests(state) == []
 
 

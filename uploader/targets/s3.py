@@ -173,7 +173,7 @@ class S3Protocol:
         must complete with CRC32 (manifests from before the option: Content-MD5)."""
         created = str(session.get("checksum", "md5"))
         if created != self.checksum:
-            log.debug("The interrupted upload was created with checksum %s and continues with it "
+            log.info("The interrupted upload was created with checksum %s and continues with it "
                       "(--checksum %s applies to new uploads)", created, self.checksum)
         self._use(created)
 
