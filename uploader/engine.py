@@ -406,7 +406,10 @@ class _Upload:
 
     async def restart(self) -> None:
         """--restart: abort what the old manifest points at, then forget it."""
-        manifest, _ = self.store.load_or_none()
+        manifest, problem = self.store.load_or_none()
+        if problem:
+            log.warning("The old manifest is unusable (%s): an upload it started cannot be aborted and stays "
+                        "on the server until it expires (or an S3 lifecycle rule removes it)", problem)
         if manifest is not None and manifest.session.get("upload_id"):
             try:
                 for request in abort_requests(self.protocol, manifest.session):

@@ -288,6 +288,15 @@ def manifest_truncated(ctx: Ctx) -> Timed:
     return _edit_manifest(ctx, lambda raw: raw[: len(raw) // 2])
 
 
+def manifest_truncated_then_restart(ctx: Ctx) -> Timed:
+    src = ctx.file()
+    raw = ctx.interrupt(src)
+    ctx.manifest_path().write_bytes(raw[: len(raw) // 2])
+    run = ctx.run(src, "--restart", endpoint=ctx.seaweed.endpoint)
+    assert ctx.object_md5() == md5_of(src)
+    return run
+
+
 def manifest_unknown_schema(ctx: Ctx) -> Timed:
     return _edit_manifest(ctx, _json_edit(lambda d: d.update(schema=99)))
 
@@ -620,6 +629,7 @@ ROWS: list[Any] = [
     Row("file-symlink-dangling", file_symlink_dangling, 2, "no such file"),
     # manifests
     Row("manifest-truncated-json", manifest_truncated, 2, "--restart"),
+    Row("manifest-truncated-then-restart", manifest_truncated_then_restart, 0, "cannot be aborted"),
     Row("manifest-unknown-schema", manifest_unknown_schema, 2, "schema"),
     Row("manifest-not-a-chunkhaul-manifest", manifest_not_ours, 2, "not a chunkhaul manifest"),
     Row("manifest-missing-field", manifest_bad_field, 2, "bad field"),
