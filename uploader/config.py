@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chunker import GiB, MiB, parse_size
+from chunker.plan import KiB
 from uploader.errors import UsageError
 
 # Chosen from bench/ measurements against SeaweedFS on loopback (see README).
@@ -50,6 +51,9 @@ def _check_ca_bundle(path: str) -> None:
         raise UsageError(f"--ca-bundle {path}: cannot read ({exc.strerror})") from None
 
 
+TUS_SCHEMES = ("tus", "tus+http", "tus+https")
+
+
 @dataclass(frozen=True)
 class UploadOptions:
     source: str
@@ -83,11 +87,19 @@ class UploadOptions:
     procore_base_url: str | None = None
     token_file: str | None = None
 
+    @property
+    def target(self) -> str:
+        """s3, tus, tus+http(s), procore, ...: --protocol, else the destination's scheme."""
+        return self.protocol or self.destination.split("://", 1)[0].lower()
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "part_size", _size(self.part_size, "part-size"))
         ps = self.part_size
-        if ps is not None and isinstance(ps, int) and not (5 * MiB <= ps <= 5 * GiB):
-            raise UsageError(f"--part-size must be between 5MiB and 5GiB, got {ps} bytes")
+        # S3 (and Procore's S3 storage) refuse parts under 5 MiB; tus has no minimum, but a
+        # PATCH smaller than one 256 KiB read piece buys nothing.
+        low, low_text = (256 * KiB, "256KiB") if self.target in TUS_SCHEMES else (5 * MiB, "5MiB")
+        if ps is not None and isinstance(ps, int) and not (low <= ps <= 5 * GiB):
+            raise UsageError(f"--part-size must be between {low_text} and 5GiB, got {ps} bytes")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {self.concurrency}")
         if self.fallback not in ("auto", "never", "only"):

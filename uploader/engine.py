@@ -22,7 +22,7 @@ from tenacity import (
 from chunker import Part, PartDigest, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
 from uploader.aio import gather_or_cancel
-from uploader.config import UploadOptions
+from uploader.config import TUS_SCHEMES, UploadOptions
 from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
     RESUME_HINT,
@@ -54,12 +54,12 @@ PART_MISMATCH = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
 
 
 def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
-    scheme = options.protocol or options.destination.split("://", 1)[0].lower()
+    scheme = options.target
     if scheme == "s3":
         from uploader.aws import s3_protocol
 
         return s3_protocol(options, source)
-    if scheme in ("tus", "tus+http", "tus+https"):
+    if scheme in TUS_SCHEMES:
         from uploader.targets.tus import tus_protocol
 
         return tus_protocol(options, source)

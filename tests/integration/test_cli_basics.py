@@ -43,3 +43,11 @@ def test_timeouts_and_retries_must_be_usable(flag: str, value: str, tmp_path: Pa
     run = run_cli("upload", str(src), "s3://bkt/key", flag, value, "--state-dir", str(tmp_path / "s"), env=env())
     assert run.code == 2
     assert run.stderr.startswith(f"chunkhaul: error: {flag} must be") and len(run.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("dest", "floor"), [("tus+http://127.0.0.1:9/files/", "256KiB"), ("s3://bkt/key", "5MiB")])
+def test_part_size_floor_follows_the_target(dest: str, floor: str, tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x")
+    run = run_cli("upload", str(src), dest, "--part-size", "100KiB", "--state-dir", str(tmp_path / "s"), env=env())
+    assert run.code == 2 and f"--part-size must be between {floor} and 5GiB" in run.stderr

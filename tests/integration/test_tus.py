@@ -448,6 +448,17 @@ def test_a_413_on_the_streamed_patch_switches_to_chunks(env: dict[str, str], mak
     assert "413" in result.stderr and "chunks" in result.stderr
 
 
+def test_tus_chunks_may_be_smaller_than_s3_parts(env: dict[str, str], make_random_file: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    # tus has no 5 MiB minimum (that is S3's): 1 MiB PATCHes for a link that drops often.
+    src = make_random_file("small-chunks.bin", 3 * MiB + 5)
+    with TusSpecServer(extensions=("creation", "termination")) as tus:
+        result = tus_upload(env, src, tus.url, tmp_path / "state", "--part-size", "1MiB")
+        assert result.code == 0, result.stderr
+        assert [p.body_length for p in _patches(tus)] == [MiB, MiB, MiB, 5]
+        assert hashlib.md5(tus.stored_bytes(result.summary["upload_id"])).hexdigest() == md5_file(src)
+
+
 def test_a_413_with_a_chosen_part_size_says_what_to_do(env: dict[str, str], make_random_file: Callable[..., Path],
                                                        tmp_path: Path) -> None:
     src = make_random_file("limited.bin", 16 * MiB)
