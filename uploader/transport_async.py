@@ -49,10 +49,10 @@ async def _file_body(piece: FileSlice, activity: _Activity,
                 raise OSError(f"{piece.path} shrank while uploading (short read at {piece.offset + sent})")
             sent += len(data)
             activity.touch()
+            if on_sent is not None:  # counted when handed over: a reset mid-piece still sent some of it
+                on_sent(len(data))
             yield data
             activity.touch()  # reached once the previous piece was handed to the socket
-            if on_sent is not None:
-                on_sent(len(data))
     finally:
         activity.sending = False
         activity.touch()

@@ -399,7 +399,8 @@ def test_link_faults_mid_patch(rule: Reset | Stall, chunking: tuple[str, ...], e
         kind = "reset" if isinstance(rule, Reset) else "stall"
         assert stats.faults[kind] == 1
         assert [r.method for r in stats.requests].count("POST") == 1  # no upload restarted from zero
-        assert result.summary["bytes_sent"] <= size + chunk
+        # Every byte the server stored left our socket at least once (counted when handed over).
+        assert size <= result.summary["bytes_sent"] <= size + chunk
         assert result.summary["part_retries"] >= 1
         assert tus.stored_md5(result.summary["upload_id"]) == md5_file(src)
 
