@@ -173,7 +173,10 @@ async def _main_task(options: UploadOptions, show_bar: bool) -> UploadResult:
     task = asyncio.current_task()
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    from uploader.engine import upload_async  # imported late: `chunkhaul --help` stays fast
+    from uploader.tls import default_cas_skipped
+
+    with default_cas_skipped():
+        from uploader.engine import upload_async  # imported late: `chunkhaul --help` stays fast
 
     return await upload_async(options, show_bar=show_bar)
 

@@ -4,10 +4,12 @@ off, TLS < 1.2 refused with a clear message, credentials in URLs never echoed.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import stat
 import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +243,43 @@ def test_tls_below_1_2_is_refused_with_a_clear_message(tmp_path: Path, fallback:
     assert "TLS 1.2" in _error_line(result)
     assert sum(h.ok for h in server.handshakes) == 1  # only our TLS 1.1 probe got through
     assert "Sync upload attempt 2/3" not in result.stderr  # a refusal is not retried
+
+
+@pytest.mark.parametrize("size", [6 * MiB, 40 * MiB], ids=["single-shot", "multipart"])
+def test_ca_from_ssl_cert_file_is_trusted_without_ca_bundle(seaweed_tls: Any, tmp_path: Path, size: int) -> None:
+    """The CLI imports aiohttp with its default CA paths blanked (start-up time); the user's
+    SSL_CERT_FILE must still be what our own TLS context trusts, on both paths."""
+    src = write_random_file(tmp_path / "f.bin", size, seed=11)
+    key = seaweed_tls.unique_key("ssl-cert-file")
+    run_ = run("upload", str(src), f"s3://{seaweed_tls.bucket}/{key}", "--endpoint-url", seaweed_tls.endpoint,
+               "--state-dir", str(tmp_path / "state"), "--part-size", "16MiB", "--json",
+               env=s3_env(seaweed_tls, tmp_path, SSL_CERT_FILE=str(seaweed_tls.ca_file)))
+    assert run_.code == 0, run_.stderr
+    with src.open("rb") as f:
+        assert seaweed_tls.get_object_bytes_md5(key).md5 == hashlib.md5(f.read()).hexdigest()
+
+
+def test_aiohttp_default_contexts_skip_the_ca_store_only_in_a_clean_process(tmp_path: Path) -> None:
+    """default_cas_skipped: aiohttp's import-time contexts get no CAs, the environment is
+    restored after, and with a proxy configured nothing is skipped."""
+    probe = (
+        "import os, ssl; from uploader.tls import default_cas_skipped, make_ssl_context\n"
+        "before = {k: os.environ.get(k) for k in ('SSL_CERT_FILE', 'SSL_CERT_DIR')}\n"
+        "with default_cas_skipped():\n    import aiohttp.connector as c\n"
+        "assert before == {k: os.environ.get(k) for k in before}, 'environment not restored'\n"
+        "print(c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'], make_ssl_context().cert_store_stats()['x509_ca'])"
+    )
+    ca = trustme.CA()
+    bundle = write_ca(ca, tmp_path / "ca.pem")
+    results = {}
+    for name, extra in {"clean": {}, "proxied": {"HTTPS_PROXY": "http://127.0.0.1:9"}}.items():
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env.update(SSL_CERT_FILE=str(bundle), SSL_CERT_DIR=str(tmp_path / "none"), **extra)
+        out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
+                             check=False)
+        assert out.returncode == 0, out.stderr
+        results[name] = tuple(int(n) for n in out.stdout.split())
+    assert results == {"clean": (0, 1), "proxied": (1, 1)}  # the bundle holds exactly one CA
 
 
 # -- credentials in URLs ----------------------------------------------------------------------
