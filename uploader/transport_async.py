@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -35,8 +36,35 @@ class _Activity:
         return self.loop.time() - self.last
 
 
+# Linux: read only what the page cache holds, without waiting for the disk (None elsewhere).
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_cached(fd: int, n: int, offset: int) -> bytearray | None:
+    """Up to n bytes at offset if the page cache has them, else None. A part is read for its
+    digest just before it is sent, so its bytes are nearly always cached: reading them on the
+    event loop saves a thread hand-off per piece (a quarter of the client's CPU on loopback)."""
+    global _NOWAIT
+    if _NOWAIT is None:
+        return None
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, _NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # old kernel or filesystem
+            _NOWAIT = None
+            return None
+        raise
+    if got <= 0:
+        return None  # the thread path reads again and reports a short read
+    del buf[got:]
+    return buf
+
+
 async def _file_body(piece: FileSlice, activity: _Activity,
-                     on_sent: Callable[[int], None] | None) -> AsyncIterator[bytes]:
+                     on_sent: Callable[[int], None] | None) -> AsyncIterator[bytes | bytearray]:
     loop = asyncio.get_running_loop()
     fd = await loop.run_in_executor(None, os.open, piece.path, os.O_RDONLY)
     activity.sending = True
@@ -44,7 +72,9 @@ async def _file_body(piece: FileSlice, activity: _Activity,
         sent = 0
         while sent < piece.length:
             n = min(READ_PIECE, piece.length - sent)
-            data = await loop.run_in_executor(None, os.pread, fd, n, piece.offset + sent)
+            data: bytes | bytearray | None = _read_cached(fd, n, piece.offset + sent)
+            if data is None:
+                data = await loop.run_in_executor(None, os.pread, fd, n, piece.offset + sent)
             if not data:
                 raise OSError(f"{piece.path} shrank while uploading (short read at {piece.offset + sent})")
             sent += len(data)
