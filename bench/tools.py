@@ -186,6 +186,19 @@ def tus_js(job: Job) -> list[str]:
     return [shutil.which("node") or "node", str(NODE_DIR / "tus_upload.mjs"), str(job.src), job.tus_url]
 
 
+_CURL_TUS = """
+loc=$(curl -sS --fail -o /dev/null -w '%header{location}' -X POST -H 'Tus-Resumable: 1.0.0' \\
+      -H "Upload-Length: $(stat -c %s "$1")" "$2") &&
+curl -sS --fail -o /dev/null -X PATCH -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \\
+     -H 'Content-Type: application/offset+octet-stream' -T "$1" "$loc"
+"""
+
+
+def curl_tus(job: Job) -> list[str]:
+    """The server's single-stream limit: POST, then one PATCH of the whole file streamed by curl."""
+    return ["bash", "-c", _CURL_TUS, "curl-tus", str(job.src), job.tus_url]
+
+
 def tus_peers(chunk_mibs: list[int]) -> list[Tool]:
     tools = [Tool(f"tuspy {m} MiB" if m else "tuspy default", tuspy(m)) for m in chunk_mibs]
-    return [*tools, Tool("tus-js-client", tus_js)]
+    return [Tool("curl PATCH", curl_tus), *tools, Tool("tus-js-client", tus_js)]
