@@ -1,5 +1,3 @@
-import sys
+from uploader.cli import entry
 
-from uploader.cli import main
-
-sys.exit(main())
+entry()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from uploader.config import CHECKSUMS, DEFAULT_CONCURRENCY, UploadOptions
 from uploader.config import PROCORE_PRODUCTION_URL as PRODUCTION_URL
@@ -255,5 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def entry() -> NoReturn:
+    """The console script: main(), then an exit that skips the interpreter's teardown (~35 ms
+    of freeing modules and objects). Everything is written and closed by then: the manifest
+    saves are atomic and done, the lock is released, only stdout and stderr need a flush."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
