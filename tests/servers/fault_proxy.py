@@ -59,6 +59,8 @@ from types import TracebackType
 from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
 
+from tests.servers.lifecycle import Server
+
 __all__ = [
     "Corrupt",
     "Direction",
@@ -1309,7 +1311,7 @@ class _ProxyServer:
 # ---------------------------------------------------------------------------------------------
 
 
-class FaultProxy:
+class FaultProxy(Server):
     """A fault-injecting proxy on `host` (127.0.0.1) forwarding to (target_host, target_port).
 
     ``http=True`` parses HTTP/1.1 on the client side (needed for HTTP rules and for the
@@ -1431,17 +1433,6 @@ class FaultProxy:
             ready.set()
         await self._stop_event.wait()
         await self._server.close()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- in the caller's event loop ----------------------------------------------------------
 

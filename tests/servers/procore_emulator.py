@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
-from types import TracebackType
 from typing import IO, Any, Literal, Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -48,6 +47,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from yarl import URL
+
+from tests.servers.lifecycle import Server
 
 __all__ = [
     "ApiError",
@@ -258,7 +259,7 @@ def _ssl_for(verify: bool | str) -> ssl.SSLContext | bool:
     return ssl.create_default_context() if verify else False
 
 
-class ProcoreEmulator:
+class ProcoreEmulator(Server):
     """The emulator: an aiohttp app pair in a background thread (use as a context manager).
 
     tokens: valid bearer tokens, all of user 1 (``add_token`` for others or expiry).
@@ -311,17 +312,6 @@ class ProcoreEmulator:
         self.storage_url = ""
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> ProcoreEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> ProcoreEmulator:
         if self._loop is not None:

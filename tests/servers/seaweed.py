@@ -29,7 +29,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, NamedTuple, TypeAlias
 from urllib.parse import quote
 
@@ -39,6 +38,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
+
+from tests.servers.lifecycle import Server
 
 # botocore's S3 client methods are generated at run time; botocore-stubs types the client as
 # BaseClient without them (mypy-boto3-s3 would, but is not a dependency), hence Any.
@@ -195,7 +196,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
     return found
 
 
-class SeaweedFS:
+class SeaweedFS(Server):
     """One ``weed mini`` process serving S3 on 127.0.0.1 (HTTP, or HTTPS with ``tls=``).
 
     Attributes once started: ``endpoint`` (``http(s)://127.0.0.1:PORT``), ``bucket``,
@@ -253,18 +254,6 @@ class SeaweedFS:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
-
-    def __enter__(self) -> SeaweedFS:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> SeaweedFS:
         if self._proc is not None:

@@ -24,9 +24,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Literal, Protocol
 from urllib.parse import urlsplit
+
+from tests.servers.lifecycle import Server
 
 TUS_DIR = Path(__file__).resolve().parent / "tus"
 SERVER_SCRIPT = TUS_DIR / "server.mjs"
@@ -72,7 +73,7 @@ def upload_id(upload_url: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-class TusNodeServer:
+class TusNodeServer(Server):
     """A real @tus/server process with a file store or an S3 store (context manager)."""
 
     def __init__(
@@ -113,17 +114,6 @@ class TusNodeServer:
         if not self.port:
             raise TusServerError("tus server is not running")
         return f"http://127.0.0.1:{self.port}/files/"
-
-    def __enter__(self) -> TusNodeServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> TusNodeServer:
         node = shutil.which("node")

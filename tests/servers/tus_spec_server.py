@@ -29,10 +29,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from tests.servers.lifecycle import Server
 
 TUS_VERSION = "1.0.0"
 OFFSET_TYPE = "application/offset+octet-stream"
@@ -125,7 +126,7 @@ class RecordedRequest:
     status: int
 
 
-class TusSpecServer:
+class TusSpecServer(Server):
     """In-memory tus 1.0.0 server on 127.0.0.1 in a background thread (context manager)."""
 
     def __init__(self, *, max_size: int | None = None, expires_after: float = 3600.0,
@@ -152,17 +153,6 @@ class TusSpecServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/files/"
-
-    def __enter__(self) -> TusSpecServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> TusSpecServer:
         # Bind here, in the caller's thread, so the port is known before start() returns.
