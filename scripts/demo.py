@@ -4,7 +4,6 @@ Run with `make demo` (sets everything up first). Nothing leaves 127.0.0.1."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,20 +16,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import write_random_file  # noqa: E402
+from tests.conftest import md5_file, write_random_file  # noqa: E402
 from tests.servers.seaweed import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
 SIZE = int(os.environ.get("DEMO_SIZE_MIB", "600")) * MiB
 PART = 16 * MiB
-
-
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        while block := fh.read(8 * MiB):
-            h.update(block)
-    return h.hexdigest()
 
 
 def say(text: str) -> None:

@@ -8,6 +8,7 @@ file; keep this part lean.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +24,15 @@ from tests.servers.seaweed import SeaweedFS, make_tls_files  # noqa: E402
 
 MiB = 1 << 20
 _BLOCK = 8 * MiB
+
+
+def md5_file(path: Path) -> str:
+    """What a downloaded object is compared by, read in blocks (files here reach GiBs)."""
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        while block := fh.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_random_file(path: str | os.PathLike[str], size: int, seed: int | None = None) -> Path:

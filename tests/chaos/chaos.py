@@ -32,13 +32,12 @@ from tests.chaos.harness import (
     delete_object,
     human,
     machine,
-    md5_file,
     object_md5,
     run_bounded,
     seaweed_servers,
     table,
 )
-from tests.conftest import write_random_file
+from tests.conftest import md5_file, write_random_file
 from tests.integration.cli import manifests, s3_env
 from tests.servers.fault_proxy import (
     Corrupt,

@@ -4,7 +4,6 @@ request log with in-flight requests, server-side checks and the printed figures.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,14 +24,6 @@ from tests.servers.seaweed import SeaweedFS, make_tls_files
 
 MiB = 1 << 20
 CLI_TIMEOUT = 900.0  # seconds; a run that takes longer is recorded as hung, then killed
-
-
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        while block := fh.read(8 * MiB):
-            h.update(block)
-    return h.hexdigest()
 
 
 def human(nbytes: float) -> str:

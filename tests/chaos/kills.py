@@ -50,7 +50,6 @@ from tests.chaos.harness import (
     delete_object,
     human,
     machine,
-    md5_file,
     object_md5,
     parts_on_server,
     popen,
@@ -60,7 +59,7 @@ from tests.chaos.harness import (
     table,
     wait_until,
 )
-from tests.conftest import write_random_file
+from tests.conftest import md5_file, write_random_file
 from tests.integration.cli import s3_env
 from tests.servers.fault_proxy import Direction, FaultProxy, Throttle
 from tests.servers.seaweed import SeaweedFS

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.conftest import md5_file
 from tests.integration.cli import manifests, popen_cli, run_cli
 from tests.servers.fault_proxy import Corrupt, Direction, FaultProxy, HttpRespond, Rule, Throttle
 from tests.servers.procore_emulator import ProcoreEmulator
@@ -32,14 +33,6 @@ V21_DEST = f"procore://{COMPANY}/projects/{PROJECT}"
 V11_DEST = f"procore://{COMPANY}"
 EXPIRED_XML = (b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>AccessDenied</Code>"
                b"<Message>Request has expired</Message></Error>")
-
-
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        while block := fh.read(8 * MiB):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Expected values come from the server (ListParts, GetObject) and from the file on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -18,19 +17,12 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import md5_file
 from tests.integration.cli import REPO, cli_args, manifests, popen_cli, run_cli, s3_env
 from tests.integration.s3_checksums import composite_crc32, crc32_b64, object_crc32
 from tests.servers.fault_proxy import FaultProxy, Throttle
 
 MiB = 1 << 20
-
-
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        while block := fh.read(8 * MiB):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture
