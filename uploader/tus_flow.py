@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A streamed PATCH stops this short of the end; the rest follows once the file is re-checked.
+HOLD_BACK = 256 * 1024
 # A final upload lists every partial URL in one header; servers cap headers near 8-16 KiB.
 MAX_PARTIALS = 64
 SESSION_VERSION = 1
@@ -271,6 +273,10 @@ class TusFlow:
         failures = 0
         while segment.offset < segment.length:
             length = self._patch_length(segment)
+            if segment.offset + length == segment.length and segment is self._last_segment():
+                # A file changed during the upload must not leave a finished upload on the
+                # server that is neither version: its last bytes go only from an unchanged file.
+                self.run.check_source()
             try:
                 state = await self._patch(segment, length)
             except PermanentError as exc:
@@ -297,9 +303,16 @@ class TusFlow:
         rest = segment.length - segment.offset
         # Upload-Checksum covers one whole body, which such a server verifies and drops at
         # once: bounded chunks there, so a mismatch costs one chunk.
-        if self.streaming and self.protocol.server.checksum is None:
-            return rest
-        return min(self.chunk, rest)
+        if not (self.streaming and self.protocol.server.checksum is None):
+            return min(self.chunk, rest)
+        if segment is self._last_segment() and rest > HOLD_BACK:
+            return rest - HOLD_BACK  # see _push: the bytes that finish the upload wait for a check
+        return rest
+
+    def _last_segment(self) -> Segment | None:
+        """The segment whose last byte finishes the upload on the server (and fires its
+        on-finish hooks); with partial uploads, none does: the final upload joins them."""
+        return None if self._concatenate() else self.segments[-1]
 
     def _stop_streaming(self, exc: PermanentError) -> None:
         self.streaming = False
@@ -360,6 +373,7 @@ class TusFlow:
             await gather_or_cancel(workers)
         finally:
             await self._persist(force=True)
+        self.run.check_source()  # before the server joins the partial uploads into a finished one
         urls = [s.url for s in segments if s.url is not None]
         if len(urls) != len(segments):
             raise UploadFailed(f"{len(segments) - len(urls)} partial uploads were not created; {RESUME_HINT}")

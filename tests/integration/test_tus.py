@@ -426,10 +426,15 @@ def test_file_changed_while_streaming_stops_with_the_restart_hint(
         proxy.wait_for(lambda st: st.bytes_up > 8 * MiB, timeout=60)
         change(src)
         _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 2, stderr
-    assert "changed while uploading" in stderr and "--restart" in stderr
-    assert "Traceback" not in stderr and "FAILED AFTER ALL RETRIES" not in stderr
-    assert len(manifests(state)) == 1  # kept: --restart (or abort) can still delete the upload
+        assert proc.returncode == 2, stderr
+        assert "changed while uploading" in stderr and "--restart" in stderr
+        assert "Traceback" not in stderr and "FAILED AFTER ALL RETRIES" not in stderr
+        [manifest] = manifests(state)  # kept: --restart (or abort) can still delete the upload
+        reply = head(manifest["session"]["upload_url"])
+    # The server must not hold a finished upload made of both versions (its on-finish hooks
+    # would have run on it): the bytes that finish an upload go only from an unchanged file.
+    assert reply.status_code == 200
+    assert int(reply.headers["Upload-Offset"]) < int(reply.headers["Upload-Length"]) == 48 * MiB
 
 
 def test_a_413_on_the_streamed_patch_switches_to_chunks(env: dict[str, str], make_random_file: Callable[..., Path],
