@@ -90,6 +90,8 @@ class _Upload:
         self.bytes_sent = 0
         self.bytes_resumed = 0
         self._unverified: dict[int, Sequence[ServerPart]] = {}  # listed by the server, not yet checked
+        self._kept_check: asyncio.Future[PartRecord | None] | None = None  # see _check_kept_parts
+        self._stop_checks = threading.Event()
         self.retries = 0
         self.resumed = False
         self.parts_total = 0  # set by each flow from its plan (or the manifest's, on resume)
@@ -264,7 +266,33 @@ class _Upload:
                  len(manifest.parts) - len(todo), len(manifest.parts), mb(self.bytes_resumed),
                  f"; {len(self._unverified)} more to check against the file" if self._unverified else "")
         self.progress.start_at(self.bytes_resumed)
+        self._check_kept_parts(manifest, todo)
         return await self.send_parts(todo)
+
+    def _check_kept_parts(self, manifest: Manifest, todo: list[PartRecord]) -> None:
+        """The parts kept from the interrupted run are hashed again (xxh3, in a thread, while
+        the missing ones are sent): a file rewritten with its size and mtime kept (cp -p,
+        rsync -t, an archive unpacked) passes the identity check but must not complete."""
+        sending = {p.number for p in todo}
+        kept = [p for p in manifest.parts if p.xxh3_128 and p.number not in sending]
+        if kept:
+            self._kept_check = asyncio.ensure_future(asyncio.to_thread(
+                _first_changed_part, self.identity.path, kept, self._stop_checks))
+
+    async def _kept_parts_unchanged(self) -> None:
+        if self._kept_check is None:
+            return
+        try:
+            changed = await self._kept_check
+        except OSError:  # a short read: the file shrank or vanished
+            self.check_source()
+            raise
+        if changed is not None:
+            raise SourceChangedError(
+                f"{self.identity.path} differs from what the interrupted run uploaded (part {changed.number}, "
+                f"bytes {changed.offset}-{changed.offset + changed.length - 1}; size and mtime are the same); "
+                "the upload was not completed and the manifest is kept. Run again with --restart to upload "
+                "the file as it is now")
 
     async def _held_already(self, record: PartRecord) -> bool:
         """A part the server listed before this run: kept (not sent) if its ETag matches."""
@@ -299,7 +327,13 @@ class _Upload:
             marker = listing.next_marker
 
     async def send_parts(self, todo: list[PartRecord]) -> Completed:
-        await self._send_all(todo)
+        try:
+            await self._send_all(todo)
+            await self._kept_parts_unchanged()
+        finally:
+            self._stop_checks.set()  # a failed run does not wait for the whole file to be hashed
+            if self._kept_check is not None and not self._kept_check.done():
+                self._kept_check.cancel()
         return await self.complete()
 
     async def _send_all(self, todo: list[PartRecord]) -> None:
@@ -418,6 +452,15 @@ class _Upload:
             except UploadFailed as exc:
                 log.warning("Could not abort the previous upload (%s); starting over anyway", exc)
         self.store.delete()
+
+
+def _first_changed_part(path: str, parts: Sequence[PartRecord], stop: threading.Event) -> PartRecord | None:
+    for part in parts:
+        if stop.is_set():
+            return None
+        if digest_range(path, part.offset, part.length).xxh3_128 != part.xxh3_128:
+            return part
+    return None
 
 
 def abort_requests(protocol: MultipartProtocol, session: dict[str, Any]) -> list[HttpRequest]:

@@ -314,3 +314,35 @@ def test_wrong_secret_is_not_retried(seaweed: Any, tmp_path: Path, make_random_f
     assert "403" in run.stderr
     assert "Retrying" not in run.stderr
     _one_line_error(run)
+
+
+def test_rewrite_keeping_size_and_mtime_is_caught_before_complete(seaweed: Any, env: dict[str, str],
+                                                                   make_random_file: Callable[..., Path],
+                                                                   tmp_path: Path) -> None:
+    """cp -p, rsync -t or an unpacked archive can rewrite a file and keep its size and mtime:
+    the identity check passes, the parts kept from the killed run must still be the file's."""
+    src = make_random_file("same-mtime.bin", 60 * MiB)
+    dest, state = _dest(seaweed, "same-mtime"), tmp_path / "state"
+    _kill_with_recorded_parts(seaweed, env, src, dest, state)
+    [manifest] = manifests(state)
+    first_kept = min(int(p["n"]) for p in manifest["parts"] if p["etag"])
+    offset = next(int(p["off"]) for p in manifest["parts"] if int(p["n"]) == first_kept)
+    before = src.stat()
+    with src.open("r+b") as fh:  # a byte the server already has, in a part the manifest recorded
+        fh.seek(offset + 100)
+        old = fh.read(1)
+        fh.seek(offset + 100)
+        fh.write(bytes([old[0] ^ 0xFF]))
+    os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state), env=env)
+    assert run.code == 2, run.stderr
+    assert f"part {first_kept}" in run.stderr and "--restart" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(manifests(state)) == 1  # kept
+    assert seaweed.head_object(_key(dest)) is None  # never completed: no object made of two versions
+
+    again = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
+                    "--restart", env=env)
+    assert again.code == 0, again.stderr
+    assert seaweed.get_object_bytes_md5(_key(dest)).md5 == md5_file(src)
