@@ -19,9 +19,9 @@ def main() -> None:
     with SeaweedFS() as s3, TusNodeServer("file") as tus:
         print(f"""S3 (SeaweedFS), bucket {s3.bucket}:
   export AWS_ACCESS_KEY_ID={s3.access_key} AWS_SECRET_ACCESS_KEY={s3.secret_key}
-  .venv/bin/chunkhaul upload FILE s3://{s3.bucket}/KEY --endpoint-url {s3.endpoint}
+  {REPO}/.venv/bin/chunkhaul upload FILE s3://{s3.bucket}/KEY --endpoint-url {s3.endpoint}
 tus (@tus/server, files stored in {tus.directory}):
-  .venv/bin/chunkhaul upload FILE tus+{tus.url}
+  {REPO}/.venv/bin/chunkhaul upload FILE tus+{tus.url}
 Ctrl-C stops both.""", flush=True)
         try:
             while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -99,7 +100,10 @@ def classify_exception(exc: BaseException, label: str) -> Exception:
     if isinstance(exc, aiohttp.InvalidURL):
         return PermanentError(f"invalid URL ({what})")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
+        if isinstance(exc.os_error, socket.gaierror):  # its errno is getaddrinfo's, not errno's
+            reason = f"cannot resolve the host name: {exc.os_error.strerror}"
+        else:
+            reason = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
         return ConnectFailed(f"{label}: cannot connect to {exc.host}:{exc.port} ({reason})", cause=exc)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ConnectFailed(f"{label}: no connection within the connect timeout ({exc})", cause=exc)
