@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 import threading
@@ -30,6 +31,43 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_LOCK_ATTEMPTS = 20
+_BUSY_LOOKS, _BUSY_PAUSE = 3, 0.005  # a held lock is reported after 3 looks, 10 ms apart in all
+_LOCK_NAME = re.compile(r"[0-9a-f]{32}\.lock")  # ours; other files in a user's --state-dir are not
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether fd is open on the file now at path (not on one unlinked or replaced since)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        since = time.strftime("%H:%M:%S", time.localtime(info.get("since", 0)))
+        return f"process {info.get('pid', '?')} (started {since})"
+    except (OSError, ValueError, AttributeError):
+        return "another process"
+
+
+def _remove_if_unheld(path: Path) -> None:
+    """Unlink a lock file no process holds, under its lock, as release() does."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # EAGAIN: held, in use
+        if _is_current(fd, path):
+            path.unlink()
     finally:
         os.close(fd)
 
@@ -68,45 +106,87 @@ class ManifestStore:
                 os.chmod(directory, 0o700)
 
     # -- lock ---------------------------------------------------------------
+    #
+    # The lock file exists only while a process holds it: release() unlinks it while still
+    # holding the flock, and acquire() keeps a lock only if the file it locked is still the
+    # one at lock_path (otherwise it locked a file a releasing process had just unlinked,
+    # which a third process may have replaced and locked: it retries on the new file).
 
     def acquire(self) -> None:
         """Take the exclusive lock or raise LockHeld naming the holder."""
         self.ensure_dir()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = self._read_holder()
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockHeld(holder) from None
-            raise
-        self._remove_stale_temps()  # left by a process killed mid-write; we hold the lock now
-        os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "since": time.time(), "argv": sys.argv[:1]}
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        os.fchmod(fd, 0o600)
-        self._lock_fd = fd
+        self._acquire(self._open_lock())
 
-    def _remove_stale_temps(self) -> None:
+    def _open_lock(self) -> int:
+        return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _acquire(self, fd: int) -> None:
+        """Lock from fd, open on lock_path (or on a file that was there when it was opened)."""
+        busy = 0
+        for attempt in range(_LOCK_ATTEMPTS):
+            if attempt:
+                fd = self._open_lock()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                try:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    # Not current: its holder is releasing it (unlinked already); take the new one.
+                    # Current: held, or being removed as stale by another run's cleanup (for
+                    # microseconds): only a lock still held after a few looks is reported.
+                    if _is_current(fd, self.lock_path):
+                        busy += 1
+                        if busy >= _BUSY_LOOKS:
+                            raise LockHeld(_read_holder(fd)) from None
+                        time.sleep(_BUSY_PAUSE)
+                finally:
+                    os.close(fd)
+                continue
+            try:
+                if not _is_current(fd, self.lock_path):
+                    os.close(fd)  # locked a file that was unlinked meanwhile
+                    continue
+                os.ftruncate(fd, 0)
+                info = {"pid": os.getpid(), "since": time.time(), "argv": sys.argv[:1]}
+                os.pwrite(fd, json.dumps(info).encode(), 0)  # what LockHeld shows the others
+                os.fchmod(fd, 0o600)
+            except BaseException:
+                self._lock_fd = fd
+                self.release()
+                raise
+            self._lock_fd = fd
+            self._remove_stale_files()
+            return
+        raise LockHeld("another process (its lock file kept being replaced)")
+
+    def _remove_stale_files(self) -> None:
+        """Temp files of this manifest (left by a process killed mid-write; we hold its lock),
+        and lock files of any manifest that no process holds (left by killed processes, or
+        by versions that kept them). Manifests are left alone."""
         for stale in self.dir.glob(f"{self.path.stem}.tmp*"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-
-    def _read_holder(self) -> str:
         try:
-            info = json.loads(self.lock_path.read_text() or "{}")
-            since = time.strftime("%H:%M:%S", time.localtime(info.get("since", 0)))
-            return f"process {info.get('pid', '?')} (started {since})"
-        except (OSError, ValueError):
-            return "another process"
+            names = os.listdir(self.dir)
+        except OSError:
+            return
+        for name in names:
+            if _LOCK_NAME.fullmatch(name) and name != self.lock_path.name:
+                with contextlib.suppress(OSError):
+                    _remove_if_unheld(self.dir / name)
 
     def release(self) -> None:
         if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._lock_fd, 0)
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            try:
+                if _is_current(fd, self.lock_path):  # always, unless someone removed it by hand
+                    self.lock_path.unlink()  # while still holding the flock: see acquire()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # left behind: at least without a stale holder
+            finally:
+                os.close(fd)  # closing drops the flock
 
     # -- manifest -----------------------------------------------------------
 
