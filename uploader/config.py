@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from chunker import GiB, MiB, parse_size
 from chunker.plan import KiB
@@ -115,8 +116,40 @@ class UploadOptions:
             raise UsageError("--sync-deadline must be positive and --sync-delay not negative")
         if self.procore_api not in (None, "v2.1", "v1.1"):
             raise UsageError(f"--procore-api must be v2.1 or v1.1, got {self.procore_api!r}")
+        self._check_applies()
         if self.ca_bundle is not None:
             _check_ca_bundle(self.ca_bundle)
+
+    def _check_applies(self) -> None:
+        """Refuse an option the chosen target would silently ignore (an empty value, like the
+        defaults, counts as not given), and tus credentials given twice."""
+        target = self.target
+        kind = "tus" if target in TUS_SCHEMES else target
+        if kind not in ("s3", "tus", "procore"):
+            return  # build_protocol names the unknown destination
+        sandbox = self.procore_base_url == PROCORE_SANDBOX_URL
+        given: tuple[tuple[str, object, str], ...] = (
+            ("--endpoint-url", self.endpoint_url, "s3"),  # aws.py: endpoint, region, profile
+            ("--region", self.region, "s3"),
+            ("--profile", self.profile, "s3"),
+            (f"--checksum {self.checksum}", self.checksum != "crc32", "s3"),  # tus: the server picks
+            ("--header", self.headers, "tus"),  # targets/tus.py: on every request, and metadata
+            ("--metadata", self.metadata, "tus"),
+            ("--procore-api", self.procore_api, "procore"),  # targets/procore.py procore_protocol
+            ("--sandbox" if sandbox else "--procore-base-url", self.procore_base_url, "procore"),
+            ("--token-file", self.token_file, "procore"),
+        )
+        for flag, value, owner in given:
+            if value and kind != owner:
+                raise UsageError(f"{flag} applies to {owner} uploads only (this destination is {target}); drop it")
+        if kind == "tus" and any(name.strip().lower() == "authorization" for name in self.headers):
+            try:
+                parts = urlsplit(self.destination)
+            except ValueError:
+                return  # parse_tus_url reports the bad URL
+            if parts.username or parts.password:  # what aiohttp and requests turn into Basic auth
+                raise UsageError("--header Authorization and user:password@ in the URL both give credentials; "
+                                 "give them one way")
 
     @property
     def part_size_bytes(self) -> int:
