@@ -90,7 +90,8 @@ class _Upload:
         self.bytes_sent = 0
         self.bytes_resumed = 0
         self._unverified: dict[int, Sequence[ServerPart]] = {}  # listed by the server, not yet checked
-        self._kept_check: asyncio.Future[PartRecord | None] | None = None  # see _check_kept_parts
+        self._kept: list[PartRecord] = []  # parts kept from an interrupted run: see _check_kept_parts
+        self._kept_check: asyncio.Future[PartRecord | None] | None = None
         self._stop_checks = threading.Event()
         self.retries = 0
         self.resumed = False
@@ -274,12 +275,17 @@ class _Upload:
         the missing ones are sent): a file rewritten with its size and mtime kept (cp -p,
         rsync -t, an archive unpacked) passes the identity check but must not complete."""
         sending = {p.number for p in todo}
-        kept = [p for p in manifest.parts if p.xxh3_128 and p.number not in sending]
-        if kept:
+        self._kept = [p for p in manifest.parts if p.xxh3_128 and p.number not in sending]
+
+    def _start_kept_check(self) -> None:
+        """Once a first part is on the server (not before: on 2 cores hashing GiBs of kept parts
+        would delay the resume's first byte), or at the end if nothing had to be sent."""
+        if self._kept and self._kept_check is None:
             self._kept_check = asyncio.ensure_future(asyncio.to_thread(
-                _first_changed_part, self.identity.path, kept, self._stop_checks))
+                _first_changed_part, self.identity.path, self._kept, self._stop_checks))
 
     async def _kept_parts_unchanged(self) -> None:
+        self._start_kept_check()
         if self._kept_check is None:
             return
         try:
@@ -360,6 +366,7 @@ class _Upload:
             etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
                                    partial(_swap(self.protocol.parse_upload_part), part))
             record.xxh3_128, record.etag = digest.xxh3_128, etag
+            self._start_kept_check()
             if digest.crc32 is not None:  # kept for a Complete that repeats it, in this run or the next
                 record.crc32 = digest.crc32_b64
             self.progress.commit(part.length)
