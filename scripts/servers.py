@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,9 @@ from tests.servers.tus_servers import TusNodeServer  # noqa: E402
 
 
 def main() -> None:
+    # `kill` (SIGTERM) stops the servers too, not only Ctrl-C: without this the weed and
+    # node children would outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with SeaweedFS() as s3, TusNodeServer("file") as tus:
         print(f"""S3 (SeaweedFS), bucket {s3.bucket}:
   export AWS_ACCESS_KEY_ID={s3.access_key} AWS_SECRET_ACCESS_KEY={s3.secret_key}

@@ -565,7 +565,7 @@ def _lock(store: ManifestStore, identity: FileIdentity, protocol: MultipartProto
         store.acquire()
     except LockHeld as held:
         raise LockedError(
-            f"another chunkhaul ({held}) is already uploading {os.path.basename(identity.path)} "
+            f"another chunkhaul, {held}, is already uploading {os.path.basename(identity.path)} "
             f"to {protocol.destination()}; wait for it to finish or stop it first"
         ) from None
     except OSError as exc:
