@@ -271,9 +271,10 @@ class _Upload:
         return await self.send_parts(todo)
 
     def _check_kept_parts(self, manifest: Manifest, todo: list[PartRecord]) -> None:
-        """The parts kept from the interrupted run are hashed again (xxh3, in a thread, while
-        the missing ones are sent): a file rewritten with its size and mtime kept (cp -p,
-        rsync -t, an archive unpacked) passes the identity check but must not complete."""
+        """The parts kept from the interrupted run, to be hashed again before Complete (xxh3,
+        in a thread, while the missing ones are sent: _start_kept_check): a file rewritten with
+        its size and mtime kept (cp -p, rsync -t, an archive unpacked) passes the identity
+        check but must not complete."""
         sending = {p.number for p in todo}
         self._kept = [p for p in manifest.parts if p.xxh3_128 and p.number not in sending]
 

@@ -44,7 +44,7 @@ _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 def _read_cached(fd: int, n: int, offset: int) -> bytearray | None:
     """Up to n bytes at offset if the page cache has them, else None. A part is read for its
     digest just before it is sent, so its bytes are nearly always cached: reading them on the
-    event loop saves a thread hand-off per piece (a quarter of the client's CPU on loopback)."""
+    event loop saves a thread hand-off per piece (a third of the client's CPU on loopback)."""
     global _NOWAIT
     if _NOWAIT is None:
         return None
