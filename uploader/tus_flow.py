@@ -312,7 +312,9 @@ class TusFlow:
     def _last_segment(self) -> Segment | None:
         """The segment whose last byte finishes the upload on the server (and fires its
         on-finish hooks); with partial uploads, none does: the final upload joins them."""
-        return None if self._concatenate() else self.segments[-1]
+        manifest = self.run.manifest  # its mode, not _concatenate(): a resume keeps the mode it began with
+        single = manifest is not None and manifest.session.get("mode") == "single"
+        return self.segments[-1] if single else None
 
     def _stop_streaming(self, exc: PermanentError) -> None:
         self.streaming = False
