@@ -4,12 +4,15 @@ cache serves it on the event loop (RWF_NOWAIT) or a worker thread reads it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from uploader import transport_async
+from uploader.errors import TransientError
 from uploader.wire import FileSlice
 
 KiB = 1024
@@ -61,3 +64,70 @@ def test_a_file_shorter_than_the_slice_is_an_error(data_file: tuple[Path, bytes]
         monkeypatch.setattr(transport_async, "_NOWAIT", None)
     with pytest.raises(OSError, match="shrank while uploading"):
         asyncio.run(_collect(FileSlice(str(path), 0, len(data) + 10)))
+
+
+# -- through a socket: an aiohttp server on 127.0.0.1 reports what it received ----------------
+
+async def _put_to_echo(piece: FileSlice, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, str], list[int], int]:
+    """PUT the slice with AsyncTransport; the server answers the md5 and length it read."""
+    from aiohttp import web
+
+    from uploader.transport_async import AsyncTransport
+    from uploader.wire import HttpRequest
+
+    async def echo(request: web.Request) -> web.Response:
+        digest, length = hashlib.md5(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            length += len(chunk)
+        return web.Response(text=f"{digest.hexdigest()} {length}")
+
+    calls = 0
+    real_sendfile = asyncio.BaseEventLoop.sendfile
+
+    async def counting_sendfile(self: asyncio.BaseEventLoop, *args: Any, **kwargs: Any) -> int:
+        nonlocal calls
+        calls += 1
+        return await real_sendfile(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "sendfile", counting_sendfile)
+    app = web.Application()
+    app.router.add_put("/x", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sent: list[int] = []
+    try:
+        async with AsyncTransport(concurrency=1, connect_timeout=5, stall_timeout=10) as transport:
+            resp = await transport.send(HttpRequest("PUT", f"http://127.0.0.1:{port}/x", body=piece), sent.append)
+    finally:
+        await runner.cleanup()
+    md5, length = resp.body.decode().split()
+    return {"md5": md5, "length": length}, sent, calls
+
+
+def test_plain_http_body_goes_by_sendfile_and_arrives_whole(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 * 1024 * KiB + 11)  # several sendfile slices and a ragged end
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    offset, length = 7, len(data) - 7 - 5
+    got, sent, calls = asyncio.run(_put_to_echo(FileSlice(str(path), offset, length), monkeypatch))
+    assert got == {"md5": hashlib.md5(data[offset:offset + length]).hexdigest(), "length": str(length)}
+    assert sum(sent) == length
+    assert calls == -(-length // transport_async.SEND_SLICE)  # one call per slice: progress moves
+
+
+def test_a_file_that_shrank_fails_the_sendfile_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(1500 * KiB)
+    path = tmp_path / "short.bin"
+    path.write_bytes(data)
+    with pytest.raises(TransientError) as caught:
+        asyncio.run(_put_to_echo(FileSlice(str(path), 0, len(data) + 4096), monkeypatch))
+    causes, exc = [], caught.value.__cause__
+    while exc is not None:  # aiohttp wraps it: "Can not write request body"
+        causes.append(str(exc))
+        exc = exc.__cause__
+    assert any("shrank while uploading (short read at 1536000)" in c for c in causes), causes
