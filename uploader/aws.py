@@ -82,7 +82,9 @@ def _from_chain(session: Any) -> Any:
 
 
 def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:
-    location = S3Location.parse(options.destination)
+    # The name the user typed, not the resolved `source`: a symlink uploads under its own name
+    # (as aws-cli does), and abort, which has only the typed path, computes the same key.
+    location = S3Location.parse(options.destination, options.source)
     credentials = _from_env_only(options)
     session = None if credentials is not None else _session(options.profile)
     # AWS_REGION first, as AWS CLI v2 and the other SDKs read it (botocore alone does not).

@@ -50,6 +50,17 @@ def test_location_parsing() -> None:
             S3Location.parse(bad)
 
 
+def test_prefix_key_takes_the_file_name_as_aws_cli_does() -> None:
+    """`aws s3 cp FILE s3://BUCKET/PREFIX/` stores PREFIX/<base name of FILE> (aws-cli's
+    s3 cp documentation); a bucket without a '/' keeps needing a key."""
+    assert S3Location.parse("s3://bkt/dir/", "/data/in/big.bin") == S3Location("bkt", "dir/big.bin")
+    assert S3Location.parse("s3://bkt/a/b/", "rel/x y.iso").key == "a/b/x y.iso"
+    assert S3Location.parse("s3://bkt/", "big.bin").key == "big.bin"
+    assert S3Location.parse("s3://bkt/dir/name", "/data/big.bin").key == "dir/name"
+    with pytest.raises(UsageError, match="no object key"):
+        S3Location.parse("s3://bkt", "big.bin")
+
+
 def test_urls_path_style_for_endpoints_and_virtual_host_for_aws() -> None:
     assert proto().object_url == "http://127.0.0.1:9000/bkt/dir/a%20b%2Bc.bin"
     assert proto(None).object_url == "https://bkt.s3.us-east-1.amazonaws.com/dir/a%20b%2Bc.bin"
