@@ -98,6 +98,15 @@ class _Upload:
         self.parts_total = 0  # set by each flow from its plan (or the manifest's, on resume)
         self._last_save = 0.0
         self._save_lock = asyncio.Lock()
+        self._announced = False
+
+    def announce(self) -> None:
+        """Log "Uploading file:" once the checks that send nothing (manifest, file identity, the
+        server's size limit, the part plan) have passed: a run they refuse must not claim to be
+        uploading."""
+        if not self._announced:
+            self._announced = True
+            log.info("Uploading file: %s (%s)", os.path.basename(self.identity.path), mb(self.identity.size))
 
     # -- retries --------------------------------------------------------------
 
@@ -176,8 +185,10 @@ class _Upload:
 
             return await run_procore(self)
         if self.identity.size < self.options.part_size_bytes:
+            self.announce()
             return await self.single_shot()
         manifest = self.load_manifest()
+        self.announce()
         if manifest is not None:
             try:
                 return await self.resume(manifest)
@@ -577,7 +588,6 @@ def _lock(store: ManifestStore, identity: FileIdentity, protocol: MultipartProto
 async def _upload_locked(options: UploadOptions, identity: FileIdentity, protocol: MultipartProtocol,
                          store: ManifestStore, show_bar: bool) -> UploadResult:
     name = os.path.basename(identity.path)
-    log.info("Uploading file: %s (%s)", name, mb(identity.size))
     started = time.monotonic()
     fallback_reason: dict[str, Any] | None = None
     async with AsyncTransport(
@@ -649,6 +659,7 @@ async def _fallback(run: _Upload) -> Completed:
     from uploader.fallback import single_shot_upload
     from uploader.transport_sync import CANCEL
 
+    run.announce()
     await run.checkpoint(force=True)
     fallback = single_shot_upload
     if run.protocol.kind == "tus":  # tus can send just the bytes the server lacks

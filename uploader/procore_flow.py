@@ -123,8 +123,12 @@ class ProcoreFlow:
 
     async def upload(self) -> Completed:
         if self.identity.size == 0:
+            self.run.announce()
             return await self._empty()
         manifest = self.run.load_manifest()
+        if manifest is None:
+            self._plan()  # a --part-size Procore cannot take fails before "Uploading file:"
+        self.run.announce()
         reuse = None
         if manifest is not None:
             reuse = _reusable_plan(manifest, self.proto)

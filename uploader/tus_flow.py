@@ -100,6 +100,7 @@ class TusFlow:
     async def upload(self) -> Completed:
         await self.discover()
         manifest = self.run.load_manifest()
+        self.run.announce()
         if manifest is not None:
             try:
                 return await self.resume(manifest)
