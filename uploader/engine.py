@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -589,7 +589,6 @@ async def _upload_locked(options: UploadOptions, identity: FileIdentity, protoco
                          store: ManifestStore, show_bar: bool) -> UploadResult:
     name = os.path.basename(identity.path)
     started = time.monotonic()
-    fallback_reason: dict[str, Any] | None = None
     async with AsyncTransport(
         concurrency=options.concurrency, connect_timeout=options.connect_timeout,
         stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle,
@@ -597,19 +596,7 @@ async def _upload_locked(options: UploadOptions, identity: FileIdentity, protoco
     ) as transport:
         run = _Upload(options, identity, protocol, transport, store, show_bar)
         try:
-            if options.restart:
-                await run.restart()
-            if options.fallback == "only":
-                fallback_reason = {"error_type": "requested", "message": "--fallback only"}
-                done = await _fallback(run)
-            else:
-                try:
-                    done = await _run_guarded(run.run(), run)
-                except UploadFailed as exc:
-                    fallback_reason = _fallback_reason(exc, run, started)
-                    if fallback_reason is None:
-                        raise
-                    done = await _fallback(run)
+            done, fallback_reason = await _stopped_by_callback(run, _run_all(run, started))
         finally:
             run.progress.close()
     seconds = time.monotonic() - started
@@ -628,6 +615,37 @@ async def _upload_locked(options: UploadOptions, identity: FileIdentity, protoco
         upload_id=done.upload_id, etag=done.etag, resumed=run.resumed,
         fallback_used=fallback_reason is not None, fallback_reason=fallback_reason,
     )
+
+
+async def _run_all(run: _Upload, started: float) -> tuple[Completed, dict[str, Any] | None]:
+    """The upload, then the fallback if allowed; the fallback's reason, or None."""
+    if run.options.restart:
+        await run.restart()
+    if run.options.fallback == "only":
+        return await _fallback(run), {"error_type": "requested", "message": "--fallback only"}
+    try:
+        return await _run_guarded(run.run(), run), None
+    except UploadFailed as exc:
+        reason = _fallback_reason(exc, run, started)
+        if reason is None:
+            raise
+        return await _fallback(run), reason
+
+
+async def _stopped_by_callback(run: _Upload, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` in a task that a raising progress callback cancels: the upload stops as on
+    Ctrl-C (manifest saved, the server's upload left to resume), then the caller gets the
+    callback's own exception, unchanged, instead of an error of ours."""
+    task = asyncio.ensure_future(work)
+    run.progress.on_callback_error = task.cancel
+    try:
+        return await task
+    except BaseException:
+        failed = run.progress.callback_error
+        outer = asyncio.current_task()
+        if failed is None or (outer is not None and getattr(outer, "cancelling", lambda: 0)()):
+            raise  # no callback error, or our caller is being cancelled: that wins
+        raise failed from None
 
 
 def _fallback_reason(exc: UploadFailed, run: _Upload, started: float) -> dict[str, Any] | None:

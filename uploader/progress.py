@@ -3,6 +3,7 @@ PATCH, which may run for minutes, reports bytes handed to the socket as it goes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from uploader.config import ProgressCallback
@@ -23,6 +24,10 @@ class Progress:
         self._bar: Any = None
         self._label = label
         self._want_bar = bar
+        # The caller's callback raised: kept to be re-raised once the upload has stopped
+        # (on_callback_error stops it), and the callback is not called again.
+        self.callback_error: Exception | None = None
+        self.on_callback_error: Callable[[], object] | None = None
 
     def _show(self) -> None:
         """The bar appears on the first progress, after the log lines that precede it, and
@@ -57,8 +62,19 @@ class Progress:
         self.done += step
         if self._bar is not None:
             self._bar.update(step)
-        if self._callback is not None:
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._callback is None or self.callback_error is not None:
+            return
+        try:
             self._callback(self.done, self.total)
+        except Exception as exc:
+            # Not raised here: this may run inside the HTTP client's body writer, which would
+            # pass it off as a network error (retried, then the fallback).
+            self.callback_error = exc
+            if self.on_callback_error is not None:
+                self.on_callback_error()
 
     def reset(self) -> None:
         self.done = 0
