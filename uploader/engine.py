@@ -90,7 +90,7 @@ class _Upload:
         self.bytes_sent = 0
         self.bytes_resumed = 0
         self._unverified: dict[int, Sequence[ServerPart]] = {}  # listed by the server, not yet checked
-        self._kept: list[PartRecord] = []  # parts kept from an interrupted run: see _check_kept_parts
+        self._kept: list[PartRecord] = []  # parts kept from an interrupted run: see note_kept_parts
         self._kept_check: asyncio.Future[PartRecord | None] | None = None
         self._stop_checks = threading.Event()
         self.retries = 0
@@ -278,26 +278,27 @@ class _Upload:
                  len(manifest.parts) - len(todo), len(manifest.parts), mb(self.bytes_resumed),
                  f"; {len(self._unverified)} more to check against the file" if self._unverified else "")
         self.progress.start_at(self.bytes_resumed)
-        self._check_kept_parts(manifest, todo)
+        self.note_kept_parts(manifest, todo)
         return await self.send_parts(todo)
 
-    def _check_kept_parts(self, manifest: Manifest, todo: list[PartRecord]) -> None:
-        """The parts kept from the interrupted run, to be hashed again before Complete (xxh3,
-        in a thread, while the missing ones are sent: _start_kept_check): a file rewritten with
-        its size and mtime kept (cp -p, rsync -t, an archive unpacked) passes the identity
-        check but must not complete."""
+    def note_kept_parts(self, manifest: Manifest, todo: list[PartRecord]) -> None:
+        """The parts kept from the interrupted run, to be hashed again before the upload is
+        completed (xxh3, in a thread, while the missing ones are sent: start_kept_check): a file
+        rewritten with its size and mtime kept (cp -p, rsync -t, an archive unpacked) passes the
+        identity check but must not complete. S3 and Procore both use this."""
         sending = {p.number for p in todo}
         self._kept = [p for p in manifest.parts if p.xxh3_128 and p.number not in sending]
 
-    def _start_kept_check(self) -> None:
+    def start_kept_check(self) -> None:
         """Once a first part is on the server (not before: on 2 cores hashing GiBs of kept parts
         would delay the resume's first byte), or at the end if nothing had to be sent."""
         if self._kept and self._kept_check is None:
             self._kept_check = asyncio.ensure_future(asyncio.to_thread(
                 _first_changed_part, self.identity.path, self._kept, self._stop_checks))
 
-    async def _kept_parts_unchanged(self) -> None:
-        self._start_kept_check()
+    async def kept_parts_unchanged(self) -> None:
+        """Raise SourceChangedError (exit 2, naming --restart) if a kept part's bytes changed."""
+        self.start_kept_check()
         if self._kept_check is None:
             return
         try:
@@ -345,14 +346,18 @@ class _Upload:
             marker = listing.next_marker
 
     async def send_parts(self, todo: list[PartRecord]) -> Completed:
+        await self.send_then_check_kept(self._send_all(todo))
+        return await self.complete()
+
+    async def send_then_check_kept(self, sending: Awaitable[None]) -> None:
+        """Send, then make sure the kept parts are unchanged: the step before completing."""
         try:
-            await self._send_all(todo)
-            await self._kept_parts_unchanged()
+            await sending
+            await self.kept_parts_unchanged()
         finally:
             self._stop_checks.set()  # a failed run does not wait for the whole file to be hashed
             if self._kept_check is not None and not self._kept_check.done():
                 self._kept_check.cancel()
-        return await self.complete()
 
     async def _send_all(self, todo: list[PartRecord]) -> None:
         assert self.manifest is not None
@@ -378,7 +383,7 @@ class _Upload:
             etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
                                    partial(_swap(self.protocol.parse_upload_part), part))
             record.xxh3_128, record.etag = digest.xxh3_128, etag
-            self._start_kept_check()
+            self.start_kept_check()
             if digest.crc32 is not None:  # kept for a Complete that repeats it, in this run or the next
                 record.crc32 = digest.crc32_b64
             self.progress.commit(part.length)

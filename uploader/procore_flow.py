@@ -206,6 +206,9 @@ class ProcoreFlow:
             raise SessionLost("the manifest describes no Procore upload of this kind")
         self.run.manifest, self.run.resumed = manifest, True
         self.run.parts_total = len(manifest.parts)
+        # Parts with an ETag went up in the interrupted run; their xxh3 (from the hashing before
+        # creation) is checked against the file before completing, as for S3.
+        self.run.note_kept_parts(manifest, [p for p in manifest.parts if p.etag is None])
         if self.proto.api == V21:
             if await self._resume_v21():
                 return await self._finish(already_complete=True)
@@ -238,8 +241,13 @@ class ProcoreFlow:
         if lost:
             raise SessionLost(f"Procore recorded part {lost[0]}, but the manifest lost its ETag")
         unconfirmed = [p for p in parts if p.number in status.pending and p.etag is not None]
-        # With every ETag at hand this PATCH completes the upload: no second PATCH then.
-        return bool(unconfirmed) and await self._confirm_sent(unconfirmed) in ("complete", "available")
+        if not unconfirmed:
+            return False
+        if all(p.etag is not None for p in parts):
+            # With every ETag at hand this PATCH completes the upload (no second PATCH then):
+            # the kept parts are checked against the file first.
+            await self.run.kept_parts_unchanged()
+        return await self._confirm_sent(unconfirmed) in ("complete", "available")
 
     async def _confirm_sent(self, unconfirmed: list[PartRecord]) -> str:
         """A failed write may have written anything: the PATCH lets Procore check the ETags
@@ -259,6 +267,10 @@ class ProcoreFlow:
     # -- sending --------------------------------------------------------------------
 
     async def _send_all(self, todo: list[PartRecord]) -> Completed:
+        await self.run.send_then_check_kept(self._send_parts(todo))
+        return await self._finish()
+
+    async def _send_parts(self, todo: list[PartRecord]) -> None:
         queue: asyncio.Queue[PartRecord] = asyncio.Queue()
         for record in todo:
             queue.put_nowait(record)
@@ -268,13 +280,13 @@ class ProcoreFlow:
             await gather_or_cancel(workers)
         finally:
             await self.run.checkpoint(force=True)
-        return await self._finish()
 
     async def _worker(self, queue: asyncio.Queue[PartRecord]) -> None:
         while not queue.empty():
             record = queue.get_nowait()
             part = Part(record.number, record.offset, record.length)
             record.etag = await self._put(part)
+            self.run.start_kept_check()  # once a first part is up: see the engine's start_kept_check
             self.run.progress.commit(part.length)
             await self.run.checkpoint()
             await self._maybe_record_progress()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -305,6 +306,42 @@ def test_sizes_round_trip(procore: ProcoreEmulator, cli: Cli, make_random_file: 
     src = make_random_file(f"f{size}.bin", size)
     s = summary(cli.run(src, V21_DEST, "--json", "--part-size", "5MiB"))
     assert procore.object_md5(s["upload_id"]) == md5_file(src)
+
+
+def _rewrite_in_place(path: Path, offset: int, length: int) -> None:
+    """Other bytes at [offset, offset + length), with the same size, inode and mtime: what
+    cp -p, rsync -t or an unpacked archive leave, which the identity check cannot see."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(length)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in old))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@pytest.mark.parametrize("dest", [V21_DEST, V11_DEST], ids=["v2.1", "v1.1"])
+def test_kept_part_changed_with_size_and_mtime_kept_is_not_completed(
+        procore: ProcoreEmulator, cli: Cli, make_random_file: Callable[..., Path], dest: str) -> None:
+    src = make_random_file("plans.bin", 48 * MiB)
+    # The stored v1.1 URLs name the proxy: it stays up (without rules) for the second run.
+    with storage_through(procore, [Throttle(bytes_per_sec=8 * MiB, direction=Direction.UP)]) as proxy:
+        proc = cli.popen(src, dest, "--part-size", "8MiB", "--concurrency", "1")
+        wait_for_recorded(cli.state, 2, proc)
+        kill(proc)
+        proxy.clear_rules()
+        (manifest,) = manifests(cli.state)
+        kept = next(p for p in manifest["parts"] if p["etag"] is not None)
+        _rewrite_in_place(src, kept["off"] + 1000, 4096)
+        run = cli.run(src, dest)
+    assert run.code == 2, run.stderr
+    line = one_line_error(run)
+    assert "--restart" in line and f"part {kept['n']}" in line and "Traceback" not in run.stderr
+    upload_id = manifest["session"]["upload_id"]
+    assert procore.upload(upload_id).status not in ("complete", "available")  # never completed
+    assert [m["session"]["upload_id"] for m in manifests(cli.state)] == [upload_id]  # manifest kept
 
 
 # -- errors a user can act on -------------------------------------------------------------------
