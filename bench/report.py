@@ -199,7 +199,8 @@ def render(results: Mapping[str, Any], chart: str | None) -> str:
         "# chunkhaul benchmarks",
         "",
         f"Measured {results['date']} with `{results['command']}` "
-        f"({results['rounds']} round(s), tools alternating A B C A B C …; medians).",
+        f"({results['rounds']} round(s), tools alternating in a rotated order A B C, B C A, …, each run "
+        f"after `sync` and a 1 s pause; medians).",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}, {m['curl'].split(' (')[0]}, node {m['node']}. Everything on 127.0.0.1; "

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ from tests.servers.seaweed import SeaweedFS  # noqa: E402
 from tests.servers.tus_servers import TusNodeServer  # noqa: E402
 
 CHUNKHAUL = "chunkhaul"
+SETTLE_SECONDS = 1.0  # after os.sync(), before each timed run
 
 
 @dataclass
@@ -112,14 +112,31 @@ def timed(result: ScenarioResult, settings: Settings) -> Iterator[None]:
                      f"{result.seconds:.0f}s")
 
 
+def rotated(tools: Sequence[Tool], rnd: int) -> list[Tool]:
+    """Round r starts r tools further on (A B C, B C A, C A B): no tool always runs first, right
+    after the previous round's last and slowest tool."""
+    shift = rnd % len(tools) if tools else 0
+    return [*tools[shift:], *tools[:shift]]
+
+
+def settle() -> None:
+    """Before each timed run: write back the dirty pages the previous run left (1 GiB per upload
+    into SeaweedFS's volumes) and give the server a moment for its deletes, so no tool pays for
+    the one before it."""
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+
+
 def alternate(settings: Settings, tools: Sequence[Tool], run: Callable[[Tool, int], Sample | None],
               result: ScenarioResult) -> None:
-    """rounds x tools, in the order A B C A B C ...; a failing tool is reported, not fatal."""
+    """rounds x tools, each round in a rotated order (A B C, B C A, ...), each run after
+    settle(); a failing tool is reported, not fatal."""
     samples: dict[str, list[Sample]] = {t.name: [] for t in tools}
     failures: dict[str, str] = {}
-    for rnd, tool in itertools.product(range(settings.rounds), tools):
+    for rnd, tool in ((r, t) for r in range(settings.rounds) for t in rotated(tools, r)):
         if tool.name in failures:
             continue
+        settle()
         try:
             sample = run(tool, rnd)
         except RunFailed as exc:
