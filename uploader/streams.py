@@ -4,7 +4,7 @@ measured probe shows half moves the data as fast.
 Why: parallel streams pay off where each connection is capped on its own (TCP window over a
 long path, per-connection shaping, a server's per-stream limit). Where one bottleneck is
 shared instead (the server's CPU, one uplink), more streams add no throughput and cost CPU on
-both ends: against SeaweedFS on the same 2-core machine, 8 streams cost the server ~1.5 CPU-s
+both ends: against SeaweedFS on the same 2-core machine, 8 streams cost the server ~1.8 CPU-s
 per GiB more than 4 (README, "Performance"). So on a file with many waves of parts the
 policy measures both settings once and keeps the cheaper one when it is as fast. The probe
 costs at most one wave at half speed, which is why short files never probe."""
