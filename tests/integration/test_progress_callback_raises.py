@@ -42,14 +42,6 @@ def aws_env(seaweed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             monkeypatch.setenv(key, value)
 
 
-def _object_bytes(seaweed: Any, key: str) -> bytes:
-    body = seaweed.s3.get_object(Bucket=seaweed.bucket, Key=key)["Body"]
-    try:
-        return bytes(body.read())
-    finally:
-        body.close()
-
-
 def test_s3_callback_exception_stops_and_the_next_call_resumes(
         seaweed: Any, aws_env: None, tmp_path: Path, make_random_file: Callable[..., Path]) -> None:
     src, state = make_random_file("cb.bin", 40 * MiB + 3), tmp_path / "state"
@@ -71,7 +63,7 @@ def test_s3_callback_exception_stops_and_the_next_call_resumes(
 
     result = upload(str(src), dest, endpoint_url=seaweed.endpoint, part_size="5MiB", state_dir=str(state))
     assert result.resumed and result.bytes_resumed >= 10 * MiB
-    assert _object_bytes(seaweed, key) == src.read_bytes()
+    assert seaweed.get_object_bytes(key) == src.read_bytes()
     assert list(state.glob("*.json")) == []
 
 

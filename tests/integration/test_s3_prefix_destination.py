@@ -22,14 +22,6 @@ def env(seaweed: Any, tmp_path: Path) -> dict[str, str]:
     return s3_env(seaweed, tmp_path)
 
 
-def _object_bytes(seaweed: Any, key: str) -> bytes:
-    body = seaweed.s3.get_object(Bucket=seaweed.bucket, Key=key)["Body"]
-    try:
-        return bytes(body.read())
-    finally:
-        body.close()
-
-
 def _upload(seaweed: Any, env: dict[str, str], src: Path, dest: str, state: Path, endpoint: str,
             *extra: str) -> Any:
     return run_cli("upload", str(src), dest, "--endpoint-url", endpoint, "--state-dir", str(state),
@@ -52,7 +44,7 @@ def test_prefix_destination_appends_the_file_name(seaweed: Any, env: dict[str, s
     prefix = seaweed.unique_key("dir")
     run = _upload(seaweed, env, src, f"s3://{seaweed.bucket}/{prefix}/", tmp_path / "state", seaweed.endpoint)
     assert run.code == 0, run.stderr
-    assert _object_bytes(seaweed, f"{prefix}/big.bin") == src.read_bytes()
+    assert seaweed.get_object_bytes(f"{prefix}/big.bin") == src.read_bytes()
     listed = seaweed.s3.list_objects_v2(Bucket=seaweed.bucket, Prefix=f"{prefix}/")["Contents"]
     assert [o["Key"] for o in listed] == [f"{prefix}/big.bin"]
 
@@ -63,7 +55,7 @@ def test_bucket_root_with_slash_appends_the_file_name(seaweed: Any, env: dict[st
     src = make_random_file(name, 1 * MiB + 1)  # below the part size: one PutObject
     run = _upload(seaweed, env, src, f"s3://{seaweed.bucket}/", tmp_path / "state", seaweed.endpoint)
     assert run.code == 0, run.stderr
-    assert _object_bytes(seaweed, name) == src.read_bytes()
+    assert seaweed.get_object_bytes(name) == src.read_bytes()
 
 
 def test_prefix_and_full_key_share_one_manifest(seaweed: Any, env: dict[str, str], tmp_path: Path,
@@ -77,7 +69,7 @@ def test_prefix_and_full_key_share_one_manifest(seaweed: Any, env: dict[str, str
     run = _upload(seaweed, env, src, f"s3://{seaweed.bucket}/{prefix}/big.bin", state, seaweed.endpoint)
     assert run.code == 0, run.stderr
     assert run.summary["resumed"] is True and run.summary["bytes_resumed"] == 5 * MiB
-    assert _object_bytes(seaweed, f"{prefix}/big.bin") == src.read_bytes()
+    assert seaweed.get_object_bytes(f"{prefix}/big.bin") == src.read_bytes()
     assert list(state.glob("*.json")) == []
 
 
@@ -103,5 +95,5 @@ def test_library_prefix_destination(seaweed: Any, tmp_path: Path, monkeypatch: p
     prefix = seaweed.unique_key("lib")
     result = upload(str(src), f"s3://{seaweed.bucket}/{prefix}/", endpoint_url=seaweed.endpoint,
                     part_size="5MiB", state_dir=str(tmp_path / "state"))
-    assert _object_bytes(seaweed, f"{prefix}/lib.bin") == src.read_bytes()
+    assert seaweed.get_object_bytes(f"{prefix}/lib.bin") == src.read_bytes()
     assert result.etag == seaweed.head_object(f"{prefix}/lib.bin")["ETag"].strip('"')

@@ -516,6 +516,14 @@ class SeaweedFS(Server):
                 return None
             raise
 
+    def get_object_bytes(self, key: str) -> bytes:
+        """The whole object, for small ones compared byte for byte."""
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
     def get_object_bytes_md5(self, key: str, chunk_size: int = 1 << 20) -> ObjectDigest:
         """Stream the object and return (size in bytes, md5 hex) without holding it in memory."""
         body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
