@@ -188,6 +188,18 @@ def _handshake_refused(exc: BaseException) -> bool:
     return isinstance(inner, ssl.SSLError) and getattr(inner, "reason", "") in HANDSHAKE_REFUSALS
 
 
+async def _read_reply(content: aiohttp.StreamReader) -> bytes:
+    """The reply body to its end, at most MAX_RESPONSE bytes (the rest is dropped with the
+    connection). StreamReader.read(n) returns what has arrived so far, not n bytes: a reply
+    that comes in several packets (any real network) would be cut at the first."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_RESPONSE and (chunk := await content.read(MAX_RESPONSE - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class AsyncTransport:
     def __init__(
         self,
@@ -278,7 +290,7 @@ class AsyncTransport:
             async with self._session.request(
                 req.method, URL(req.url, encoded=True), headers=headers, data=body, ssl=self._tls(req.url)
             ) as resp:
-                data = await resp.content.read(MAX_RESPONSE)
+                data = await _read_reply(resp.content)
                 self._note_tls(resp)
                 return HttpResponse(resp.status, lower_headers(dict(resp.headers)), data)
         except aiohttp.ServerTimeoutError as exc:  # sock_read: the reply stopped coming

@@ -131,3 +131,41 @@ def test_a_file_that_shrank_fails_the_sendfile_body(tmp_path: Path, monkeypatch:
         causes.append(str(exc))
         exc = exc.__cause__
     assert any("shrank while uploading (short read at 1536000)" in c for c in causes), causes
+
+
+async def _get_split_reply(body: bytes, pieces: int) -> bytes:
+    """GET from a real server that writes its reply in `pieces` writes 20 ms apart, as a reply
+    crossing a real network arrives in several packets."""
+    from aiohttp import web
+
+    from uploader.transport_async import AsyncTransport
+    from uploader.wire import HttpRequest
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        await resp.prepare(request)
+        step = -(-len(body) // pieces)
+        for start in range(0, len(body), step):
+            await resp.write(body[start:start + step])
+            await asyncio.sleep(0.02)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/x", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with AsyncTransport(concurrency=1, connect_timeout=5, stall_timeout=10) as transport:
+            resp = await transport.send(HttpRequest("GET", f"http://127.0.0.1:{port}/x"))
+    finally:
+        await runner.cleanup()
+    return resp.body
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7])
+def test_a_reply_arriving_in_pieces_is_read_whole(pieces: int) -> None:
+    body = b"<ListPartsResult>" + os.urandom(23 * KiB).hex().encode() + b"</ListPartsResult>"
+    assert asyncio.run(_get_split_reply(body, pieces)) == body
