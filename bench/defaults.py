@@ -43,7 +43,7 @@ def main() -> None:
             for part, conc in grid:
                 cmd = [sys.executable, "-m", "uploader", "upload", str(src), f"s3://{s3.bucket}/b{rnd}-{part}-{conc}",
                        "--endpoint-url", s3.endpoint, "--state-dir", f"{tmp}/state", "-q",
-                       "--part-size", f"{part}MiB", "--concurrency", str(conc), "--fixed-concurrency"]
+                       "--part-size", f"{part}MiB", "--concurrency", str(conc)]
                 s = run_once(cmd, env)
                 results[(part, conc)].append((s.wall, s.cpu, s.rss_mib))
     print(f"\n{args.size_mib} MiB to SeaweedFS, medians of {args.rounds} rounds\n")

@@ -86,10 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--protocol", choices=["s3", "tus", "procore"], help="override the protocol implied by DEST "
                     "(tus: DEST is an http(s):// tus creation URL)")
     up.add_argument("--part-size", help="e.g. 16MiB (grown automatically to stay under 10,000 parts)")
-    up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="most parts in flight")
-    up.add_argument("--fixed-concurrency", action="store_true",
-                    help="S3: keep CONCURRENCY parts in flight throughout (default: on a large file, try half "
-                    "once and keep it when it moves the data as fast)")
+    up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parts in flight")
     up.add_argument("--state-dir", help="where resume manifests live (default ~/.local/state/chunkhaul)")
     up.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
     up.add_argument("--restart", action="store_true", help="abort the interrupted upload and start over")
@@ -150,8 +147,7 @@ def _options(args: argparse.Namespace) -> UploadOptions:
     return UploadOptions(
         source=args.file, destination=args.destination, protocol=args.protocol,
         endpoint_url=args.endpoint_url, region=args.region, profile=args.profile,
-        part_size=args.part_size, concurrency=args.concurrency, adapt_concurrency=not args.fixed_concurrency,
-        state_dir=args.state_dir,
+        part_size=args.part_size, concurrency=args.concurrency, state_dir=args.state_dir,
         ca_bundle=args.ca_bundle, restart=args.restart, fallback=args.fallback,
         headers=_pairs(args.header, ":", "--header"), metadata=_pairs(args.metadata, "=", "--metadata"),
         connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,

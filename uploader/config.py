@@ -65,7 +65,6 @@ class UploadOptions:
     profile: str | None = None
     part_size: int | str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
-    adapt_concurrency: bool = True  # S3: may settle on half when half is as fast (uploader/streams.py)
     state_dir: str | Path | None = None
     ca_bundle: str | None = None
     restart: bool = False
@@ -134,7 +133,6 @@ class UploadOptions:
             ("--region", self.region, "s3"),
             ("--profile", self.profile, "s3"),
             (f"--checksum {self.checksum}", self.checksum != "crc32", "s3"),  # tus: the server picks
-            ("--fixed-concurrency", not self.adapt_concurrency, "s3"),  # engine.py; tus and Procore: fixed
             ("--header", self.headers, "tus"),  # targets/tus.py: on every request, and metadata
             ("--metadata", self.metadata, "tus"),
             ("--procore-api", self.procore_api, "procore"),  # targets/procore.py procore_protocol

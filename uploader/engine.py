@@ -19,7 +19,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from chunker import MiB, Part, PartDigest, digest_range, plan_parts
+from chunker import Part, PartDigest, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
 from uploader.aio import gather_or_cancel
 from uploader.config import TUS_SCHEMES, UploadOptions
@@ -42,7 +42,6 @@ from uploader.redact import redact_url
 from uploader.result import UploadResult
 from uploader.retry import RetryPolicy
 from uploader.source import mb, open_source
-from uploader.streams import StreamGate, StreamPolicy
 from uploader.targets.base import Completed, MultipartProtocol, PartChecksums
 from uploader.transport_async import AsyncTransport
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
@@ -365,16 +364,14 @@ class _Upload:
         queue: asyncio.Queue[PartRecord] = asyncio.Queue()
         for record in todo:
             queue.put_nowait(record)
-        policy = StreamPolicy(self.options.concurrency, len(todo), self.options.adapt_concurrency)
-        gate = StreamGate(policy, _log_streams)
-        workers = [asyncio.create_task(self._worker(queue, gate))
+        workers = [asyncio.create_task(self._worker(queue))
                    for _ in range(min(self.options.concurrency, len(todo)))]
         try:
             await gather_or_cancel(workers)
         finally:
             await self.checkpoint(force=True)
 
-    async def _worker(self, queue: asyncio.Queue[PartRecord], gate: StreamGate) -> None:
+    async def _worker(self, queue: asyncio.Queue[PartRecord]) -> None:
         assert self.manifest is not None
         session = self.manifest.session
         while not queue.empty():
@@ -382,10 +379,9 @@ class _Upload:
             if await self._held_already(record):
                 continue
             part = Part(record.number, record.offset, record.length)
-            async with gate.slot(part.length):
-                digest = await self._digest(part)
-                etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
-                                       partial(_swap(self.protocol.parse_upload_part), part))
+            digest = await self._digest(part)
+            etag = await self.call(partial(self.protocol.upload_part, session, part, digest),
+                                   partial(_swap(self.protocol.parse_upload_part), part))
             record.xxh3_128, record.etag = digest.xxh3_128, etag
             self.start_kept_check()
             if digest.crc32 is not None:  # kept for a Complete that repeats it, in this run or the next
@@ -480,12 +476,6 @@ class _Upload:
             except UploadFailed as exc:
                 log.warning("Could not abort the previous upload (%s); starting over anyway", exc)
         self.store.delete()
-
-
-def _log_streams(policy: StreamPolicy) -> None:
-    full, half = (policy.rates[k] / MiB for k in ("full", "half"))
-    log.debug("Streams: %d in flight moved %.0f MiB/s, %d moved %.0f MiB/s: keeping %d",
-              policy.maximum, full, policy.maximum // 2, half, policy.limit)
 
 
 def _first_changed_part(path: str, parts: Sequence[PartRecord], stop: threading.Event) -> PartRecord | None:
@@ -634,6 +624,8 @@ async def _upload_locked(options: UploadOptions, identity: FileIdentity, protoco
 
 async def _run_all(run: _Upload, started: float) -> tuple[Completed, dict[str, Any] | None]:
     """The upload, then the fallback if allowed; the fallback's reason, or None."""
+    if run.options.fallback == "only":
+        _check_single_shot(run)
     if run.options.restart:
         await run.restart()
     if run.options.fallback == "only":
@@ -645,6 +637,15 @@ async def _run_all(run: _Upload, started: float) -> tuple[Completed, dict[str, A
         if reason is None:
             raise
         return await _fallback(run), reason
+
+
+def _check_single_shot(run: _Upload) -> None:
+    """--fallback only for a file no single request can carry: refused before anything is sent
+    (tus has no such limit: its fallback sends the missing bytes in one PATCH)."""
+    size, limit, kind = run.identity.size, run.protocol.single_shot_max, run.protocol.kind
+    if kind != "tus" and size > limit:
+        raise UsageError(f"--fallback only: no single-shot upload exists for {mb(size)} on {kind} "
+                         f"(limit {mb(limit)}); drop --fallback only to upload it in parts")
 
 
 async def _stopped_by_callback(run: _Upload, work: Coroutine[Any, Any, T]) -> T:

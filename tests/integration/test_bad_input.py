@@ -510,6 +510,15 @@ def option_restart_with_fallback_only(ctx: Ctx) -> Timed:
     return run
 
 
+def fallback_only_above_the_single_shot_limit(ctx: Ctx) -> Timed:
+    src = ctx.tmp / "sparse-6GiB.bin"
+    with src.open("wb") as f:
+        f.truncate(6 * 1024 * MiB)  # S3 PutObject takes 5 GiB at most
+    run = ctx.run(src, "--fallback", "only")
+    assert "Uploading file:" not in run.stderr and ctx.manifest_names() == [], run.stderr
+    return run
+
+
 def no_credentials(ctx: Ctx) -> Timed:
     env = {k: v for k, v in ctx.env.items() if not k.startswith("AWS_") or k.endswith(("_FILE", "_DISABLED"))}
     return ctx.run(ctx.file(size=MiB), env=env)
@@ -680,6 +689,7 @@ ROWS: list[Any] = [
     Row("unknown-option", option("--no-verify-ssl"), 2, "unrecognized arguments"),
     Row("quiet-and-verbose-together", option("--quiet", "--verbose"), 2, "--quiet"),
     Row("restart-with-fallback-only", option_restart_with_fallback_only, 0, "UPLOAD SUCCEEDED VIA SYNC FALLBACK"),
+    Row("fallback-only-above-5GiB", fallback_only_above_the_single_shot_limit, 2, "no single-shot upload exists"),
     Row("no-credentials", no_credentials, 2, "no AWS credentials"),
     Row("profile-missing", profile_missing, 2, "not found"),
     # concurrency and signals

@@ -258,8 +258,6 @@ class HttpExchange:
     status: int  # the status sent (or being sent) to the client
     upstream_status: int | None  # what the server answered; None when not forwarded
     body_bytes: int  # request body bytes read from the client
-    started: float = 0.0  # time.monotonic() when the request head arrived
-    ended: float = 0.0  # ... and when the exchange was recorded (response head relayed)
 
 
 @dataclass(frozen=True)
@@ -894,7 +892,6 @@ class _Request:
     path: str
     query: str
     version: str
-    received: float = field(default_factory=time.monotonic)
 
     @classmethod
     def parse(cls, raw: bytes) -> _Request:
@@ -1193,8 +1190,6 @@ class _HttpSession:
                 status=status,
                 upstream_status=upstream_status,
                 body_bytes=body_bytes,
-                started=request.received,
-                ended=time.monotonic(),
             )
         )
 
