@@ -26,7 +26,7 @@ class Progress:
         self._want_bar = bar
         # The caller's callback raised: kept to be re-raised once the upload has stopped
         # (on_callback_error stops it), and the callback is not called again.
-        self.callback_error: Exception | None = None
+        self.callback_error: BaseException | None = None
         self.on_callback_error: Callable[[], object] | None = None
 
     def _show(self) -> None:
@@ -69,7 +69,7 @@ class Progress:
             return
         try:
             self._callback(self.done, self.total)
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: raised here, it would leave the lock held
             # Not raised here: this may run inside the HTTP client's body writer, which would
             # pass it off as a network error (retried, then the fallback).
             self.callback_error = exc

@@ -24,8 +24,8 @@ class Enough(Exception):
     """The caller's own exception type: what it must get back, unchanged."""
 
 
-def _raising_after(limit: int, calls: list[int]) -> Callable[[int, int], None]:
-    error = Enough(f"stop after {limit} bytes")
+def _raising_after(limit: int, calls: list[int], error: BaseException | None = None) -> Callable[[int, int], None]:
+    error = error or Enough(f"stop after {limit} bytes")
 
     def callback(done: int, total: int) -> None:
         calls.append(done)
@@ -42,14 +42,17 @@ def aws_env(seaweed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             monkeypatch.setenv(key, value)
 
 
+@pytest.mark.parametrize("kind", [Enough, KeyboardInterrupt])
 def test_s3_callback_exception_stops_and_the_next_call_resumes(
-        seaweed: Any, aws_env: None, tmp_path: Path, make_random_file: Callable[..., Path]) -> None:
+        seaweed: Any, aws_env: None, tmp_path: Path, make_random_file: Callable[..., Path],
+        kind: type[BaseException]) -> None:
+    """KeyboardInterrupt as well: the same process must be able to resume (lock released)."""
     src, state = make_random_file("cb.bin", 40 * MiB + 3), tmp_path / "state"
     key = seaweed.unique_key("cb")
     dest = f"s3://{seaweed.bucket}/{key}"
     calls: list[int] = []
-    callback = _raising_after(10 * MiB, calls)
-    with pytest.raises(Enough) as raised:
+    callback = _raising_after(10 * MiB, calls, kind("stop"))
+    with pytest.raises(kind) as raised:
         upload(str(src), dest, endpoint_url=seaweed.endpoint, part_size="5MiB", concurrency=2,
                state_dir=str(state), progress=callback)
     assert raised.value is callback.error  # type: ignore[attr-defined]
