@@ -72,7 +72,6 @@ async def _put_to_echo(piece: FileSlice, monkeypatch: pytest.MonkeyPatch) -> tup
     """PUT the slice with AsyncTransport; the server answers the md5 and length it read."""
     from aiohttp import web
 
-    from uploader.transport_async import AsyncTransport
     from uploader.wire import HttpRequest
 
     async def echo(request: web.Request) -> web.Response:
@@ -93,19 +92,30 @@ async def _put_to_echo(piece: FileSlice, monkeypatch: pytest.MonkeyPatch) -> tup
     monkeypatch.setattr(asyncio.BaseEventLoop, "sendfile", counting_sendfile)
     app = web.Application()
     app.router.add_put("/x", echo)
+    sent: list[int] = []
+    resp = await _send_to(app, HttpRequest("PUT", "/x", body=piece), sent.append)
+    md5, length = resp.body.decode().split()
+    return {"md5": md5, "length": length}, sent, calls
+
+
+async def _send_to(app: Any, request: Any, on_sent: Any = None) -> Any:
+    """Serve `app` on 127.0.0.1 and send `request` (its URL a path) there with AsyncTransport."""
+    from dataclasses import replace
+
+    from aiohttp import web
+
+    from uploader.transport_async import AsyncTransport
+
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sent: list[int] = []
     try:
         async with AsyncTransport(concurrency=1, connect_timeout=5, stall_timeout=10) as transport:
-            resp = await transport.send(HttpRequest("PUT", f"http://127.0.0.1:{port}/x", body=piece), sent.append)
+            return await transport.send(replace(request, url=f"http://127.0.0.1:{port}{request.url}"), on_sent)
     finally:
         await runner.cleanup()
-    md5, length = resp.body.decode().split()
-    return {"md5": md5, "length": length}, sent, calls
 
 
 def test_plain_http_body_goes_by_sendfile_and_arrives_whole(tmp_path: Path,
@@ -138,7 +148,6 @@ async def _get_split_reply(body: bytes, pieces: int) -> bytes:
     crossing a real network arrives in several packets."""
     from aiohttp import web
 
-    from uploader.transport_async import AsyncTransport
     from uploader.wire import HttpRequest
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -152,17 +161,7 @@ async def _get_split_reply(body: bytes, pieces: int) -> bytes:
 
     app = web.Application()
     app.router.add_get("/x", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with AsyncTransport(concurrency=1, connect_timeout=5, stall_timeout=10) as transport:
-            resp = await transport.send(HttpRequest("GET", f"http://127.0.0.1:{port}/x"))
-    finally:
-        await runner.cleanup()
-    return resp.body
+    return bytes((await _send_to(app, HttpRequest("GET", "/x"))).body)
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 7])
