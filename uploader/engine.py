@@ -624,11 +624,12 @@ async def _upload_locked(options: UploadOptions, identity: FileIdentity, protoco
 
 async def _run_all(run: _Upload, started: float) -> tuple[Completed, dict[str, Any] | None]:
     """The upload, then the fallback if allowed; the fallback's reason, or None."""
-    if run.options.fallback == "only":
-        _check_single_shot(run)
+    only = run.options.fallback == "only"
+    if only:
+        _check_single_shot(run)  # before --restart aborts anything
     if run.options.restart:
         await run.restart()
-    if run.options.fallback == "only":
+    if only:
         return await _fallback(run), {"error_type": "requested", "message": "--fallback only"}
     try:
         return await _run_guarded(run.run(), run), None
