@@ -152,6 +152,12 @@ class UploadOptions:
                                  "give them one way")
 
     @property
+    def file_name(self) -> str:
+        """The name the user gave the file: a symlink shows and uploads under its own name
+        (as `aws s3 cp` does), though the bytes are read from its target."""
+        return os.path.basename(self.source)
+
+    @property
     def part_size_bytes(self) -> int:
         return self.part_size if isinstance(self.part_size, int) else DEFAULT_PART_SIZE
 

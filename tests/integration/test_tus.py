@@ -185,6 +185,21 @@ def test_non_ascii_filename_round_trips(node_tus: TusNodeServer, env: dict[str, 
     assert node_tus.stored_bytes(url) == src.read_bytes()
 
 
+def test_a_symlink_is_named_by_its_own_name(node_tus: TusNodeServer, env: dict[str, str], tmp_path: Path) -> None:
+    """filename and filetype come from the name the user gave (a link's own, as tus-js-client
+    would send a File's name), the bytes from the target."""
+    target = tmp_path / "target-data.dat"
+    target.write_bytes(os.urandom(300_000))
+    link = tmp_path / "report.pdf"
+    link.symlink_to(target)
+    result = tus_upload(env, link, node_tus.url, tmp_path / "state")
+    assert result.code == 0, result.stderr
+    url = result.summary["upload_id"]
+    assert node_tus.info(url)["metadata"] == {"filename": "report.pdf", "filetype": "application/pdf"}
+    assert node_tus.stored_bytes(url) == target.read_bytes()
+    assert "Uploading file: report.pdf (" in result.stderr
+
+
 def test_extra_metadata_and_auth_header_never_in_the_manifest(
         file_tus: TusNodeServer, env: dict[str, str], make_random_file: Callable[..., Path], tmp_path: Path) -> None:
     src = make_random_file("data.bin", 40 * MiB)

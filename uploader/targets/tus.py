@@ -184,9 +184,10 @@ class TusProtocol:
 
     def __init__(self, endpoint: str, *, source: str, headers: Mapping[str, str] | None = None,
                  metadata: Mapping[str, str] | None = None, chunk_size: int = DEFAULT_CHUNK,
-                 stream: bool = False) -> None:
+                 stream: bool = False, name: str | None = None) -> None:
         self.endpoint = endpoint
         self.source = source
+        self.name = name or os.path.basename(source)  # the user's name for it (a symlink's own)
         self.chunk_size = chunk_size
         self.stream = stream  # one PATCH for the rest of an upload, not chunk_size PATCHes
         # tus limits neither part count nor size; min_part = the chunk makes the engine's
@@ -194,7 +195,7 @@ class TusProtocol:
         self.limits = PartLimits(min_part=chunk_size, max_part=_UNLIMITED, max_parts=_UNLIMITED,
                                  max_object=_UNLIMITED)
         self.user_headers = _check_user_headers(headers or {})
-        self.metadata = encode_metadata(default_metadata(source, metadata or {}))
+        self.metadata = encode_metadata(default_metadata(self.name, metadata or {}))
         self.server = ServerInfo()  # replaced by what OPTIONS says
         self.known = False  # True once OPTIONS answered
 
@@ -237,7 +238,7 @@ class TusProtocol:
         """Fail before any byte is sent when the server already said it is too large."""
         limit = self.server.max_size
         if limit is not None and size > limit:
-            raise UsageError(f"{os.path.basename(self.source)} is {size:,} bytes; the tus server at "
+            raise UsageError(f"{self.name} is {size:,} bytes; the tus server at "
                              f"{self.destination()} accepts at most {limit:,} bytes (Tus-Max-Size); "
                              "nothing was sent")
 
@@ -427,5 +428,5 @@ def tus_protocol(options: UploadOptions, source: str) -> TusProtocol:
     chosen = isinstance(options.part_size, int)
     chunk = options.part_size if isinstance(options.part_size, int) else DEFAULT_CHUNK
     return TusProtocol(parse_tus_url(options.destination), source=source, headers=options.headers,
-                       metadata=options.metadata, chunk_size=chunk, stream=not chosen)
+                       metadata=options.metadata, chunk_size=chunk, stream=not chosen, name=options.file_name)
 
