@@ -97,3 +97,27 @@ def test_library_prefix_destination(seaweed: Any, tmp_path: Path, monkeypatch: p
                     part_size="5MiB", state_dir=str(tmp_path / "state"))
     assert seaweed.get_object_bytes(f"{prefix}/lib.bin") == src.read_bytes()
     assert result.etag == seaweed.head_object(f"{prefix}/lib.bin")["ETag"].strip('"')
+
+
+def test_bucket_without_slash_appends_the_file_name(seaweed: Any, env: dict[str, str], tmp_path: Path,
+                                                    make_random_file: Callable[..., Path]) -> None:
+    """`aws s3 cp FILE s3://BUCKET` (and s5cmd) store BUCKET/<base name of FILE>."""
+    name = seaweed.unique_key("bare") + ".bin"
+    src = make_random_file(name, 6 * MiB + 3)  # two parts: the multipart path
+    run = _upload(seaweed, env, src, f"s3://{seaweed.bucket}", tmp_path / "state", seaweed.endpoint)
+    assert run.code == 0, run.stderr
+    assert seaweed.get_object_bytes(name) == src.read_bytes()
+
+
+def test_a_symlink_uploads_and_is_named_by_its_own_name(seaweed: Any, env: dict[str, str], tmp_path: Path,
+                                                       make_random_file: Callable[..., Path]) -> None:
+    """As `aws s3 cp link s3://B/P/` does: the key takes the link's name, the bytes its target's;
+    the log says the same name the key has."""
+    target = make_random_file("target-data.dat", 6 * MiB + 3)
+    link = tmp_path / "shown-name.bin"
+    link.symlink_to(target)
+    prefix = seaweed.unique_key("link")
+    run = _upload(seaweed, env, link, f"s3://{seaweed.bucket}/{prefix}/", tmp_path / "state", seaweed.endpoint)
+    assert run.code == 0, run.stderr
+    assert seaweed.get_object_bytes(f"{prefix}/shown-name.bin") == target.read_bytes()
+    assert "Uploading file: shown-name.bin (" in run.stderr and "target-data" not in run.stderr

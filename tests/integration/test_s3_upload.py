@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import md5_file
 from tests.integration.cli import REPO, cli_args, manifests, popen_cli, run_cli, s3_env
 from tests.integration.s3_checksums import composite_crc32, crc32_b64, object_crc32
-from tests.servers.fault_proxy import FaultProxy, Throttle
+from tests.servers.fault_proxy import FaultProxy, HttpRespond, Throttle
 
 MiB = 1 << 20
 
@@ -269,8 +269,7 @@ def _one_line_error(run: Any) -> None:
 
 @pytest.mark.parametrize(
     ("case", "code", "phrase"),
-    [("missing", 2, "no such file"), ("directory", 2, "is a directory"),
-     ("no-key", 2, "no object key"), ("scheme", 2, "unknown destination")],
+    [("missing", 2, "no such file"), ("directory", 2, "is a directory"), ("scheme", 2, "unknown destination")],
 )
 def test_bad_input(seaweed: Any, env: dict[str, str], tmp_path: Path, case: str, code: int, phrase: str) -> None:
     src, dest = tmp_path / "x.bin", _dest(seaweed, "bad")
@@ -279,8 +278,6 @@ def test_bad_input(seaweed: Any, env: dict[str, str], tmp_path: Path, case: str,
         src = tmp_path / "nope.bin"
     elif case == "directory":
         src = tmp_path
-    elif case == "no-key":
-        dest = f"s3://{seaweed.bucket}"
     elif case == "scheme":
         dest = "gopher://host/file"
     run = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint,
@@ -346,3 +343,22 @@ def test_rewrite_keeping_size_and_mtime_is_caught_before_complete(seaweed: Any, 
                     "--restart", env=env)
     assert again.code == 0, again.stderr
     assert seaweed.get_object_bytes_md5(_key(dest)).md5 == md5_file(src)
+
+
+def test_a_part_size_too_small_for_the_part_limit_grows_and_says_so(seaweed: Any, env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    """S3 allows at most 10,000 parts (S3 user guide, multipart limits): a 60 GiB file cannot go
+    in 5 MiB parts, so the part size grows to ceil(60 GiB / 10,000) = 6.15 MiB, rounded up to
+    7 MiB; the user who asked for 5 MiB is told. A sparse file; CreateMultipartUpload is refused
+    (403 from the proxy) so nothing is sent."""
+    src = tmp_path / "huge.bin"
+    with open(src, "wb") as fh:
+        fh.truncate(60 * 1024 * MiB)
+    refuse = HttpRespond(status=403, method="POST", query="uploads",
+                         body="<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
+    with FaultProxy("127.0.0.1", seaweed.s3_port, [refuse], http=True) as proxy:
+        run = run_cli("upload", str(src), _dest(seaweed, "huge"), "--endpoint-url", proxy.url(),
+                      "--state-dir", str(tmp_path / "state"), "--part-size", "5MiB", "--fallback", "never", env=env)
+    assert run.code == 1, run.stderr
+    assert ("--part-size 5.00 MB does not fit the target's limits (at most 10,000 parts of at least 5.00 MB): "
+            "using parts of 7.00 MB") in run.stderr

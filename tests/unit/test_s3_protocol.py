@@ -52,13 +52,15 @@ def test_location_parsing() -> None:
 
 def test_prefix_key_takes_the_file_name_as_aws_cli_does() -> None:
     """`aws s3 cp FILE s3://BUCKET/PREFIX/` stores PREFIX/<base name of FILE> (aws-cli's
-    s3 cp documentation); a bucket without a '/' keeps needing a key."""
+    s3 cp documentation), and so does s3://BUCKET alone (aws-cli, s5cmd: BUCKET/<base name>);
+    only without a file name to append is a key required."""
     assert S3Location.parse("s3://bkt/dir/", "/data/in/big.bin") == S3Location("bkt", "dir/big.bin")
     assert S3Location.parse("s3://bkt/a/b/", "rel/x y.iso").key == "a/b/x y.iso"
     assert S3Location.parse("s3://bkt/", "big.bin").key == "big.bin"
     assert S3Location.parse("s3://bkt/dir/name", "/data/big.bin").key == "dir/name"
+    assert S3Location.parse("s3://bkt", "/data/big.bin") == S3Location("bkt", "big.bin")
     with pytest.raises(UsageError, match="no object key"):
-        S3Location.parse("s3://bkt", "big.bin")
+        S3Location.parse("s3://bkt")
 
 
 def test_urls_path_style_for_endpoints_and_virtual_host_for_aws() -> None:

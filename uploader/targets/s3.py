@@ -51,19 +51,20 @@ class S3Location:
     @classmethod
     def parse(cls, url: str, source: str | None = None) -> S3Location:
         """A key ending in '/' names a folder: the source file's base name is appended, as
-        `aws s3 cp FILE s3://BUCKET/DIR/` does. Without a source such a key is refused."""
+        `aws s3 cp FILE s3://BUCKET/DIR/` does (s3://BUCKET alone too). Without a source such a key
+        is refused."""
         # Not urlsplit: everything after "s3://BUCKET/" is the key, word for word, as the
         # AWS CLI reads it ('#' and '?' are legal in keys, not a fragment or a query).
         scheme, sep, rest = url.partition("://")
         if scheme.lower() != "s3" or not sep:
             raise UsageError(f"not an s3:// URL: {url}")
-        bucket, slash, key = rest.partition("/")
+        bucket, _, key = rest.partition("/")
         if "@" in bucket:  # never echo what looks like user:password
             raise UsageError("an s3:// URL carries no user:password; S3 takes credentials from "
                              "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile")
         if not bucket:
             raise UsageError(f"{url}: no bucket; use s3://BUCKET/KEY")
-        if slash and (not key or key.endswith("/")) and source:  # s3://BUCKET/ too
+        if (not key or key.endswith("/")) and source:  # s3://BUCKET/ and s3://BUCKET too, as aws-cli
             key += os.path.basename(source)
         if not key or key.endswith("/"):
             raise UsageError(f"{url}: no object key; use s3://BUCKET/KEY or s3://BUCKET/PREFIX/ "
