@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -19,7 +18,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from chunker import Part, PartDigest, digest_range, plan_parts
+from chunker import Part, PartDigest, PartLimits, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
 from uploader.aio import gather_or_cancel
 from uploader.config import TUS_SCHEMES, UploadOptions
@@ -84,7 +83,7 @@ class _Upload:
         self.transport = transport
         self.store = store
         self.policy = RetryPolicy(attempts=options.retries)
-        self.progress = Progress(identity.size, label=os.path.basename(identity.path),
+        self.progress = Progress(identity.size, label=options.file_name,
                                  bar=show_bar, callback=options.progress)
         self.manifest: Manifest | None = None
         self.bytes_sent = 0
@@ -106,7 +105,7 @@ class _Upload:
         uploading."""
         if not self._announced:
             self._announced = True
-            log.info("Uploading file: %s (%s)", os.path.basename(self.identity.path), mb(self.identity.size))
+            log.info("Uploading file: %s (%s)", self.options.file_name, mb(self.identity.size))
 
     # -- retries --------------------------------------------------------------
 
@@ -237,7 +236,7 @@ class _Upload:
         return manifest
 
     async def fresh(self) -> Completed:
-        parts = plan_parts(self.identity.size, self.options.part_size_bytes, self.protocol.limits)
+        parts = self.plan(self.protocol.limits)
         session = await self._create(parts[0].length)
         self.parts_total = len(parts)
         self.manifest = Manifest(
@@ -247,6 +246,17 @@ class _Upload:
         )
         await self.checkpoint(force=True)
         return await self.send_parts(self.manifest.parts)
+
+    def plan(self, limits: PartLimits) -> list[Part]:
+        """The parts of a new upload, saying so when a --part-size the user chose had to grow
+        to fit the target (aws-cli grows it silently; a user who asked for 5 MiB should know)."""
+        asked = self.options.part_size_bytes
+        parts = plan_parts(self.identity.size, asked, limits)
+        if isinstance(self.options.part_size, int) and parts and parts[0].length > asked:
+            log.info("--part-size %s does not fit the target's limits (at most %s parts of at least %s): "
+                     "using parts of %s", mb(asked), f"{limits.max_parts:,}", mb(limits.min_part),
+                     mb(parts[0].length))
+        return parts
 
     async def _create(self, part_size: int) -> dict[str, Any]:
         create = partial(self.protocol.create, self.identity.size, part_size)
@@ -570,19 +580,19 @@ async def upload_async(source: UploadOptions | str, destination: str | None = No
     identity = open_source(options.source)
     protocol = build_protocol(options, identity.path)
     store = ManifestStore(options.state_path, identity.path, protocol.destination())
-    _lock(store, identity, protocol)
+    _lock(store, options.file_name, protocol)
     try:
         return await _upload_locked(options, identity, protocol, store, show_bar)
     finally:
         store.release()
 
 
-def _lock(store: ManifestStore, identity: FileIdentity, protocol: MultipartProtocol) -> None:
+def _lock(store: ManifestStore, name: str, protocol: MultipartProtocol) -> None:
     try:
         store.acquire()
     except LockHeld as held:
         raise LockedError(
-            f"another chunkhaul, {held}, is already uploading {os.path.basename(identity.path)} "
+            f"another chunkhaul, {held}, is already uploading {name} "
             f"to {protocol.destination()}; wait for it to finish or stop it first"
         ) from None
     except OSError as exc:
@@ -592,7 +602,7 @@ def _lock(store: ManifestStore, identity: FileIdentity, protocol: MultipartProto
 
 async def _upload_locked(options: UploadOptions, identity: FileIdentity, protocol: MultipartProtocol,
                          store: ManifestStore, show_bar: bool) -> UploadResult:
-    name = os.path.basename(identity.path)
+    name = options.file_name
     started = time.monotonic()
     async with AsyncTransport(
         concurrency=options.concurrency, connect_timeout=options.connect_timeout,
@@ -678,7 +688,7 @@ def _fallback_reason(exc: UploadFailed, run: _Upload, started: float) -> dict[st
     lines = [
         "=" * 60,
         "ASYNC UPLOAD FAILED AFTER ALL RETRIES",
-        f"  file: {os.path.basename(run.identity.path)} ({mb(run.identity.size)})",
+        f"  file: {run.options.file_name} ({mb(run.identity.size)})",
         f"  time spent on async attempts: {time.monotonic() - started:.1f}s",
         *format_block(info),
         "Falling back to synchronous upload...",

@@ -10,7 +10,7 @@ from chunker import digest_range
 from resume import FileIdentity, ManifestStore
 from uploader.config import UploadOptions
 from uploader.errors import RESUME_HINT, ChecksumUnsupported, FallbackUnavailable, TransientError, UploadFailed
-from uploader.source import mb
+from uploader.source import mb, secs
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_sync import SyncTransport, cancelled, pause, sync_deadline
 
@@ -36,7 +36,7 @@ def single_shot_upload(
                               stall_timeout=options.stall_timeout)
     digest = digest_range(identity.path, 0, size, protocol.part_digests)
     deadline = options.sync_deadline or sync_deadline(size)
-    log.info("Upload timeout set to %ds for %s file", int(deadline), mb(size))
+    log.info("Upload timeout set to %s for %s file", secs(deadline), mb(size))
 
     def send() -> Completed:
         _prepare(protocol, transport, size)

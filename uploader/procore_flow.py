@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, cast
 
-from chunker import Part, digest_range, plan_parts, read_part
+from chunker import Part, digest_range, read_part
 from resume import Manifest, PartRecord
 from uploader.aio import gather_or_cancel
 from uploader.errors import (
@@ -151,7 +151,7 @@ class ProcoreFlow:
         # Procore refuses segments of 0 bytes; the POST form takes an empty file.
         from uploader.fallback import single_shot_upload
 
-        log.info("%s is empty: sending it with a single POST form", os.path.basename(self.identity.path))
+        log.info("%s is empty: sending it with a single POST form", self.run.options.file_name)
         return await asyncio.to_thread(single_shot_upload, self.proto, self.identity, self.run.options,
                                        self.run.store)
 
@@ -159,7 +159,7 @@ class ProcoreFlow:
 
     def _plan(self) -> list[Part]:
         try:
-            return plan_parts(self.identity.size, self.run.options.part_size_bytes, self.proto.limits)
+            return self.run.plan(self.proto.limits)
         except ValueError as exc:
             raise UsageError(f"{exc} (Procore API {self.proto.api}); choose another --part-size") from None
 
@@ -183,7 +183,8 @@ class ProcoreFlow:
         else:
             parts = self._plan()
             digests, xxh3 = await self._hash(parts)
-        name, kind = os.path.basename(self.identity.path), content_type_of(self.identity.path)
+        name = self.run.options.file_name
+        kind = content_type_of(name)
         session = await self.run.call(lambda: self.proto.create_upload(name, kind, parts, digests),
                                       lambda resp: self.proto.parse_created(resp, parts))
         session["digests"] = digests.to_json()

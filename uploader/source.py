@@ -11,6 +11,9 @@ from uploader.errors import UsageError
 
 def open_source(path: str) -> FileIdentity:
     """The file's identity, or a UsageError saying what is wrong with it."""
+    if path == "-" and not os.path.lexists(path):
+        raise UsageError("reading from standard input is not supported: a resumable upload must be able to "
+                         "read the file again; save the data to a file and upload that")
     if not os.path.lexists(path):
         raise UsageError(f"{path}: no such file")
     try:
@@ -27,6 +30,12 @@ def open_source(path: str) -> FileIdentity:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
     return FileIdentity.of(path)
+
+
+def secs(seconds: float) -> str:
+    """Whole seconds as the original system printed them ("502s"), but a sub-10 s value the
+    user chose (--sync-deadline 0.5, --stall-timeout 2.5) is not rounded to something else."""
+    return f"{seconds:.0f}s" if seconds >= 10 or seconds == int(seconds) else f"{seconds:.3g}s"
 
 
 def mb(nbytes: float) -> str:

@@ -19,6 +19,7 @@ from yarl import URL
 
 from uploader.errors import ConnectFailed, PermanentError, TransientError
 from uploader.redact import redact_text
+from uploader.source import secs
 from uploader.tls import HANDSHAKE_REFUSALS, make_ssl_context
 from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
 
@@ -271,7 +272,7 @@ class AsyncTransport:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
                     raise TransientError(
-                        f"{req.label}: stalled, no bytes moved for {self.stall_timeout:.0f}s"
+                        f"{req.label}: stalled, no bytes moved for {secs(self.stall_timeout)}"
                     )
         except asyncio.CancelledError:
             task.cancel()
@@ -294,7 +295,7 @@ class AsyncTransport:
                 self._note_tls(resp)
                 return HttpResponse(resp.status, lower_headers(dict(resp.headers)), data)
         except aiohttp.ServerTimeoutError as exc:  # sock_read: the reply stopped coming
-            raise TransientError(f"{req.label}: stalled, no bytes moved for {self.stall_timeout:.0f}s "
+            raise TransientError(f"{req.label}: stalled, no bytes moved for {secs(self.stall_timeout)} "
                                  f"(waiting for the reply)", cause=exc) from exc
         except (aiohttp.ClientError, ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
             raise classify_exception(exc, req.label or req.method) from exc

@@ -15,6 +15,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from uploader.errors import PermanentError, TransientError, UploadFailed
 from uploader.redact import redact_text
+from uploader.source import secs
 from uploader.tls import HANDSHAKE_REFUSALS, make_ssl_context
 from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse, lower_headers
 
@@ -189,9 +190,9 @@ class SyncTransport:
         except (requests.RequestException, OSError) as exc:
             if cancelled():
                 raise UploadFailed(f"{req.label}: interrupted") from exc
-            if expired.is_set():
+            if expired.is_set() and deadline is not None:
                 raise TransientError(
-                    f"{req.label}: deadline of {deadline:.0f}s reached after "
+                    f"{req.label}: deadline of {secs(deadline)} reached after "
                     f"{time.monotonic() - started:.0f}s", cause=exc) from exc
             raise TransientError(f"{req.label}: {type(exc).__name__}: {redact_text(str(exc))}",
                                  cause=exc) from exc

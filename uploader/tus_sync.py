@@ -15,7 +15,7 @@ from uploader.config import UploadOptions
 from uploader.errors import SessionLost, TransientError, UploadFailed
 from uploader.fallback import attempt_loop
 from uploader.redact import redact_url
-from uploader.source import mb
+from uploader.source import mb, secs
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.targets.tus import TusProtocol, checksum_header
 from uploader.transport_sync import SyncTransport, pause, sync_deadline
@@ -62,7 +62,7 @@ class _SyncTus:
             assert self.url is not None
             body = FileSlice(self.identity.path, offset, self.size - offset)
             deadline = self.options.sync_deadline or sync_deadline(body.length)
-            log.info("Upload timeout set to %ds for %s file", int(deadline), mb(body.length))
+            log.info("Upload timeout set to %s for %s file", secs(deadline), mb(body.length))
             request = self.protocol.patch(self.url, offset, body, self._checksum(body))
             offset = self.protocol.parse_patch(self.send(request, deadline), request.label).offset
         if offset != self.size:

@@ -402,8 +402,8 @@ def dest_no_bucket(ctx: Ctx) -> Timed:
     return ctx.run(ctx.file(), dest="s3:///key")
 
 
-def dest_no_key(ctx: Ctx) -> Timed:
-    return ctx.run(ctx.file(), dest=f"s3://{ctx.seaweed.bucket}")
+def file_stdin_dash(ctx: Ctx) -> Timed:
+    return ctx.run("-")
 
 
 def dest_bad_bucket_name(ctx: Ctx) -> Timed:
@@ -623,6 +623,7 @@ class Row:
 ROWS: list[Any] = [
     # files
     Row("file-missing", file_missing, 2, "no such file"),
+    Row("file-stdin-dash", file_stdin_dash, 2, "standard input is not supported"),
     Row("file-directory", file_directory, 2, "is a directory"),
     Row("file-fifo", file_fifo, 2, "not a regular file"),
     Row("file-dev-zero", file_dev_zero, 2, "not a regular file"),
@@ -652,7 +653,6 @@ ROWS: list[Any] = [
     # destinations
     Row("dest-malformed-url", dest_malformed, 2, "s3://BUCKET/KEY"),
     Row("dest-no-bucket", dest_no_bucket, 2, "no bucket"),
-    Row("dest-no-key", dest_no_key, 2, "no object key"),
     Row("dest-invalid-bucket-name", dest_bad_bucket_name, 2, "not a valid bucket name"),
     Row("dest-unknown-scheme", dest_unknown_scheme, 2, "unknown destination"),
     Row("endpoint-without-scheme", endpoint_without_scheme, 2, "must start with http"),

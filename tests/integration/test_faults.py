@@ -132,13 +132,15 @@ def test_sync_deadline_cuts_a_trickling_link_and_manifest_survives(
     with FaultProxy("127.0.0.1", seaweed.s3_port, [Throttle(bytes_per_sec=64 * 1024)]) as slow:
         started = time.monotonic()
         run = run_cli("upload", str(src), dest, "--endpoint-url", slow.url(), "--state-dir", str(state),
-                      "--fallback", "only", "--sync-deadline", "2", "--sync-delay", "0.2", env=env)
+                      "--fallback", "only", "--sync-deadline", "1.5", "--sync-delay", "0.2", env=env)
         elapsed = time.monotonic() - started
     assert run.code == 1, run.stderr
     assert [f"Sync upload attempt {n}/3..." in run.stderr for n in (1, 2, 3)] == [True, True, True]
     attempts = [line for line in run.stderr.splitlines() if line.startswith("Sync upload attempt") and "failed" in line]
-    assert len(attempts) == 3 and all("deadline of 2s reached" in line for line in attempts)
-    assert 6 <= elapsed < 20  # three 2 s attempts, not 40 MiB at 64 KiB/s (10 min)
+    # The deadline as the user gave it, not rounded to "2s" (or "0s" for 0.5).
+    assert "Upload timeout set to 1.5s for 40.00 MB file" in run.stderr
+    assert len(attempts) == 3 and all("deadline of 1.5s reached" in line for line in attempts)
+    assert 4.5 <= elapsed < 20  # three 1.5 s attempts, not 40 MiB at 64 KiB/s (10 min)
     assert "run the same command again to resume" in run.stderr.splitlines()[-1]
     assert len(manifests(state)) == 1
     again = run_cli("upload", str(src), dest, "--endpoint-url", seaweed.endpoint, "--state-dir", str(state),
