@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -35,6 +36,7 @@ from uploader.errors import (
     UploadFailed,
     UrlExpired,
     UsageError,
+    next_step,
 )
 from uploader.progress import Progress
 from uploader.redact import redact_url
@@ -523,6 +525,9 @@ async def abort_async(options: UploadOptions) -> bool:
         if problem:
             log.warning("The resume manifest %s is unusable (%s); removing it", store.path, problem)
         elif manifest is None:
+            if not os.path.lexists(options.source):  # most likely a typo in the path
+                raise UsageError(f"{options.source}: no such file, and no interrupted upload of it to "
+                                 f"{protocol.destination()} in {store.dir}; check the path")
             return False
         else:
             await _abort_server_side(protocol, manifest.session, options)
@@ -733,10 +738,15 @@ async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
     try:
         return await flow
     except TransientError as exc:
-        raise UploadFailed(
-            f"upload failed after {_attempts(run.policy.attempts)}: {exc}; {RESUME_HINT}") from exc
+        raise UploadFailed(f"upload failed after {_attempts(run.policy.attempts)}: {exc}; "
+                           f"{next_step(run.store.path.exists())}") from exc
     except SessionLost as exc:
         raise UploadFailed(f"the server lost the upload again ({exc}); {RESUME_HINT}") from exc
+    except PermanentError as exc:  # a 4xx: nothing to retry now, but what was sent is not lost
+        if not run.store.path.exists():
+            raise
+        raise PermanentError(f"{exc}; the upload so far is kept: fix that, then {RESUME_HINT}",
+                             status=exc.status, code=exc.code) from exc
 
 
 def upload(source: UploadOptions | str, destination: str | None = None, /, **kwargs: Any) -> UploadResult:

@@ -8,6 +8,12 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 RESUME_HINT = "run the same command again to resume"
+RETRY_HINT = "nothing was kept to resume from; check the destination and run the same command again"
+
+
+def next_step(manifest_kept: bool) -> str:
+    """The end of a failure message: resume only when a manifest says where to resume."""
+    return RESUME_HINT if manifest_kept else RETRY_HINT
 
 
 class ChunkhaulError(Exception):

@@ -9,7 +9,13 @@ from typing import Any
 from chunker import digest_range
 from resume import FileIdentity, ManifestStore
 from uploader.config import UploadOptions
-from uploader.errors import RESUME_HINT, ChecksumUnsupported, FallbackUnavailable, TransientError, UploadFailed
+from uploader.errors import (
+    ChecksumUnsupported,
+    FallbackUnavailable,
+    TransientError,
+    UploadFailed,
+    next_step,
+)
 from uploader.source import mb, secs
 from uploader.targets.base import Completed, MultipartProtocol
 from uploader.transport_sync import SyncTransport, cancelled, pause, sync_deadline
@@ -31,7 +37,7 @@ def single_shot_upload(
     if size > protocol.single_shot_max:
         raise FallbackUnavailable(
             f"no single-shot upload exists for {mb(size)} on {protocol.kind} "
-            f"(limit {mb(protocol.single_shot_max)}); the manifest is kept, {RESUME_HINT}")
+            f"(limit {mb(protocol.single_shot_max)}); {next_step(store.path.exists())}")
     transport = SyncTransport(ca_bundle=options.ca_bundle, connect_timeout=options.connect_timeout,
                               stall_timeout=options.stall_timeout)
     digest = digest_range(identity.path, 0, size, protocol.part_digests)
@@ -51,12 +57,12 @@ def single_shot_upload(
             digest = digest_range(identity.path, 0, size, protocol.part_digests)
             return send()
 
-    done = attempt_loop(attempt, options, sleep)
+    done = attempt_loop(attempt, options, store, sleep)
     _forget_multipart(protocol, store, transport)
     return done
 
 
-def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions,
+def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions, store: ManifestStore,
                  sleep: Callable[[float], None] = pause) -> Completed:
     """The original system's retry shape: N attempts, a fixed pause, transient errors only
     (a 4xx is final at once). Shared by every target's single shot."""
@@ -72,7 +78,8 @@ def attempt_loop(attempt: Callable[[], Completed], options: UploadOptions,
             log.warning("Sync upload attempt %d/%d failed: %s", number, options.sync_attempts, exc)
             if number < options.sync_attempts:
                 sleep(options.sync_delay)
-    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; {RESUME_HINT}")
+    raise UploadFailed(f"sync fallback failed after {options.sync_attempts} attempts: {last}; "
+                       f"{next_step(store.path.exists())}")
 
 
 def _prepare(protocol: MultipartProtocol, transport: SyncTransport, size: int) -> None:

@@ -118,7 +118,7 @@ def sync_fallback(protocol: MultipartProtocol, identity: FileIdentity, options: 
     on success the manifest is removed, on failure it stays (with the upload URL)."""
     flow = _SyncTus(cast(TusProtocol, protocol), identity, options, store, transport)
     flow.adopt_manifest()
-    done = attempt_loop(flow.attempt, options, sleep)
+    done = attempt_loop(flow.attempt, options, store, sleep)
     flow.forget_leftovers()
     store.delete()
     return done

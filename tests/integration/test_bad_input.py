@@ -662,7 +662,7 @@ ROWS: list[Any] = [
     Row("dest-403-wrong-secret", dest_403, 1, "HTTP 403"),
     Row("dest-413", dest_413, 1, "HTTP 413"),
     Row("dest-dns-does-not-resolve", dest_dns_does_not_resolve, 1, "cannot resolve the host name"),
-    Row("dest-connection-refused", dest_connection_refused, 1, "refused"),
+    Row("dest-connection-refused", dest_connection_refused, 1, "(connection refused); nothing was kept to resume from"),
     Row("tls-certificate-for-another-host", tls_wrong_host, 1, "certificate"),
     Row("tls-certificate-expired", tls_expired, 1, "expired"),
     Row("tls-self-signed-without-ca-bundle", tls_self_signed, 1, "--ca-bundle"),

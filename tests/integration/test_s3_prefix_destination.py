@@ -36,6 +36,10 @@ def _interrupt(seaweed: Any, env: dict[str, str], src: Path, dest: str, state: P
         run = _upload(seaweed, env, src, dest, state, proxy.url(), "--concurrency", "1")
     assert run.code == 1, run.stderr
     assert len(list(state.glob("*.json"))) == 1
+    # A 4xx is final for this run, but part 1 is kept: the message says how to go on.
+    last = run.stderr.strip().splitlines()[-1]
+    assert "UploadPart 2: HTTP 403 AccessDenied" in last
+    assert last.endswith("the upload so far is kept: fix that, then run the same command again to resume")
 
 
 def test_prefix_destination_appends_the_file_name(seaweed: Any, env: dict[str, str], tmp_path: Path,
@@ -121,3 +125,27 @@ def test_a_symlink_uploads_and_is_named_by_its_own_name(seaweed: Any, env: dict[
     assert run.code == 0, run.stderr
     assert seaweed.get_object_bytes(f"{prefix}/shown-name.bin") == target.read_bytes()
     assert "Uploading file: shown-name.bin (" in run.stderr and "target-data" not in run.stderr
+
+
+def test_abort_of_a_path_with_nothing_recorded_and_no_file_is_a_usage_error(
+        seaweed: Any, env: dict[str, str], tmp_path: Path) -> None:
+    """A typo in the path must not read as "nothing to abort" (exit 0): exit 2, say why."""
+    run = run_cli("abort", str(tmp_path / "typo.bin"), f"s3://{seaweed.bucket}/x", "--endpoint-url",
+                  seaweed.endpoint, "--state-dir", str(tmp_path / "state"), env=env)
+    assert run.code == 2, run.stderr
+    assert "typo.bin: no such file, and no interrupted upload of it to" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_abort_after_the_file_was_deleted_still_aborts(seaweed: Any, env: dict[str, str], tmp_path: Path,
+                                                       make_random_file: Callable[..., Path]) -> None:
+    """The manifest is found by the path the user gives, so a deleted file's upload can be aborted."""
+    src, state = make_random_file("gone.bin", 11 * MiB), tmp_path / "state"
+    prefix = seaweed.unique_key("gone")
+    _interrupt(seaweed, env, src, f"s3://{seaweed.bucket}/{prefix}/gone.bin", state)
+    src.unlink()
+    run = run_cli("abort", str(src), f"s3://{seaweed.bucket}/{prefix}/", "--endpoint-url", seaweed.endpoint,
+                  "--state-dir", str(state), "--json", env=env)
+    assert run.code == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"aborted": True}
+    assert seaweed.list_multipart_uploads(f"{prefix}/") == []

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -183,6 +184,22 @@ def test_non_ascii_filename_round_trips(node_tus: TusNodeServer, env: dict[str, 
     assert decode_metadata(head(url).headers["Upload-Metadata"]) == expected
     assert node_tus.info(url)["metadata"] == expected  # what the store itself recorded
     assert node_tus.stored_bytes(url) == src.read_bytes()
+
+
+def test_a_server_never_reached_is_not_offered_a_resume(env: dict[str, str], tmp_path: Path) -> None:
+    """OPTIONS cannot connect: nothing was created, no manifest kept, so the message does not
+    promise a resume (it said "run the same command again to resume")."""
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(1000))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = tus_upload(env, src, f"http://127.0.0.1:{port}/files/", tmp_path / "state", "--retries", "1")
+    assert result.code == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot connect" in last
+    assert last.endswith("nothing was kept to resume from; check the destination and run the same command again")
+    assert manifests(tmp_path / "state") == []
 
 
 def test_a_symlink_is_named_by_its_own_name(node_tus: TusNodeServer, env: dict[str, str], tmp_path: Path) -> None:
