@@ -27,13 +27,25 @@ def _session(profile: str | None) -> Any:
         raise UsageError(f"AWS profile {name!r} not found in the AWS config files") from None
 
 
+def _configured_endpoint(session: Any) -> str | None:
+    """The AWS SDKs' order after --endpoint-url: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the
+    s3 endpoint_url of the profile's [services NAME] section, the profile's endpoint_url;
+    nothing at all when ignore_configured_endpoint_urls (or its env variable) is true."""
+    env = os.environ
+    scoped: dict[str, Any] = session.get_scoped_config() if session is not None else {}
+    ignore = env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") or scoped.get("ignore_configured_endpoint_urls")
+    if str(ignore).strip().lower() == "true":
+        return None
+    services: dict[str, Any] = {}
+    if session is not None and scoped.get("services"):
+        services = session.full_config.get("services", {}).get(scoped["services"], {})
+    s3 = services.get("s3")
+    from_services = s3.get("endpoint_url") if isinstance(s3, dict) else None
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or from_services or scoped.get("endpoint_url")
+
+
 def _endpoint(options: UploadOptions, session: Any) -> str | None:
-    url = (
-        options.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or (session.get_scoped_config().get("endpoint_url") if session is not None else None)
-    )
+    url = options.endpoint_url or _configured_endpoint(session)
     if not url:
         return None
     try:

@@ -21,7 +21,7 @@ KEY, SECRET, TOKEN = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SESSION_TOKEN",
-                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
@@ -100,3 +100,41 @@ def test_env_keys_without_a_config_file_skip_botocore_session(aws_env: Path, tmp
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+SERVICES_CONFIG = """[default]
+region = us-east-1
+services = local
+endpoint_url = http://profile-wide.example:9000
+
+[services local]
+s3 =
+  endpoint_url = http://s3-only.example:8333
+"""
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "http://s3-only.example:8333/bkt/key"),  # [services] s3 before the profile's own endpoint_url
+    ({"AWS_ENDPOINT_URL": "http://global-env.example:1"}, "http://global-env.example:1/bkt/key"),
+    ({"AWS_ENDPOINT_URL_S3": "http://s3-env.example:2", "AWS_ENDPOINT_URL": "http://global-env.example:1"},
+     "http://s3-env.example:2/bkt/key"),
+    ({"AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true", "AWS_ENDPOINT_URL": "http://global-env.example:1"},
+     "https://bkt.s3.us-east-1.amazonaws.com/key"),
+], ids=["services-section", "env-global", "env-s3", "ignore-configured"])
+def test_endpoint_precedence_is_the_aws_sdks(aws_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            env: dict[str, str], expected: str) -> None:
+    """AWS SDKs and tools reference guide, "Service-specific endpoints": AWS_ENDPOINT_URL_<SERVICE>,
+    AWS_ENDPOINT_URL, the profile's `services` section, the profile's endpoint_url; with
+    ignore_configured_endpoint_urls none of them (only an explicit --endpoint-url)."""
+    aws_env.write_text(SERVICES_CONFIG)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert protocol(tmp_path).object_url == expected  # type: ignore[attr-defined]
+    explicit = protocol(tmp_path, endpoint_url="http://127.0.0.1:8333")
+    assert explicit.object_url == "http://127.0.0.1:8333/bkt/key"  # type: ignore[attr-defined]
+
+
+def test_ignore_configured_endpoint_urls_in_the_profile(aws_env: Path, tmp_path: Path) -> None:
+    aws_env.write_text(SERVICES_CONFIG.replace("region = us-east-1\n",
+                                               "region = us-east-1\nignore_configured_endpoint_urls = true\n"))
+    assert protocol(tmp_path).object_url == "https://bkt.s3.us-east-1.amazonaws.com/key"  # type: ignore[attr-defined]
