@@ -113,4 +113,6 @@ def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:
         credentials=credentials,
         source=source,
         checksum=options.checksum,
+        content_type=options.media_type,
+        metadata=options.metadata,
     )

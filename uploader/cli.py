@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "0.6 CPU-s per GiB) or md5 (Content-MD5, about 1.8 CPU-s per GiB; for S3-compatible "
                     "stores that do not understand the x-amz-checksum headers)")
     up.add_argument("--header", action="append", metavar="'NAME: VALUE'")
-    up.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    up.add_argument("--metadata", action="append", metavar="KEY=VALUE",
+                    help="S3: x-amz-meta-KEY (ASCII, 2 KB in all); tus: Upload-Metadata")
+    up.add_argument("--content-type", metavar="TYPE",
+                    help="media type stored with the object (S3 Content-Type, tus filetype, Procore); "
+                    "default: guessed from the file name")
     up.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_verbosity(up)
     _add_procore_flags(up)
@@ -150,6 +154,7 @@ def _options(args: argparse.Namespace) -> UploadOptions:
         part_size=args.part_size, concurrency=args.concurrency, state_dir=args.state_dir,
         ca_bundle=args.ca_bundle, restart=args.restart, fallback=args.fallback,
         headers=_pairs(args.header, ":", "--header"), metadata=_pairs(args.metadata, "=", "--metadata"),
+        content_type=args.content_type,
         connect_timeout=args.connect_timeout, stall_timeout=args.stall_timeout,
         retries=args.retries, force_close=args.force_close, checksum=args.checksum,
         sync_deadline=args.sync_deadline, sync_delay=args.sync_delay,

@@ -41,7 +41,6 @@ from uploader.targets.procore import (
     ProcoreProtocol,
     SegmentDigest,
     UploadStatus,
-    content_type_of,
 )
 
 if TYPE_CHECKING:
@@ -183,8 +182,7 @@ class ProcoreFlow:
         else:
             parts = self._plan()
             digests, xxh3 = await self._hash(parts)
-        name = self.run.options.file_name
-        kind = content_type_of(name)
+        name, kind = self.proto.name, self.proto.content_type
         session = await self.run.call(lambda: self.proto.create_upload(name, kind, parts, digests),
                                       lambda resp: self.proto.parse_created(resp, parts))
         session["digests"] = digests.to_json()

@@ -403,3 +403,11 @@ def test_expired_token_stops_with_the_fix_then_a_fresh_token_resumes(
     assert s["resumed"] is True
     assert fresh not in run.stdout + run.stderr and TOKEN not in run.stdout + run.stderr
     assert procore.object_md5(s["upload_id"]) == md5_file(src)
+
+
+def test_content_type_option_reaches_procore(procore: ProcoreEmulator, cli: Cli,
+                                             make_random_file: Callable[..., Path]) -> None:
+    src = make_random_file("scan.pdf", 6 * MiB)
+    s = summary(cli.run(src, V21_DEST, "--json", "--content-type", "image/tiff"))
+    assert procore.upload(s["upload_id"]).content_type == "image/tiff"
+    assert procore.object_md5(s["upload_id"]) == md5_file(src)

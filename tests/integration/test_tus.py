@@ -186,6 +186,15 @@ def test_non_ascii_filename_round_trips(node_tus: TusNodeServer, env: dict[str, 
     assert node_tus.stored_bytes(url) == src.read_bytes()
 
 
+def test_content_type_option_sets_filetype(node_tus: TusNodeServer, env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(1000))
+    result = tus_upload(env, src, node_tus.url, tmp_path / "state", "--content-type", "video/webm")
+    assert result.code == 0, result.stderr
+    metadata = node_tus.info(result.summary["upload_id"])["metadata"]
+    assert metadata == {"filename": "data.bin", "filetype": "video/webm"}
+
+
 def test_a_server_never_reached_is_not_offered_a_resume(env: dict[str, str], tmp_path: Path) -> None:
     """OPTIONS cannot connect: nothing was created, no manifest kept, so the message does not
     promise a resume (it said "run the same command again to resume")."""

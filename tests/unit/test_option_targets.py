@@ -28,9 +28,9 @@ def refused(destination: str, **kwargs: Any) -> str:
 
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
     # tus-only options elsewhere
-    (S3, {"metadata": {"color": "blue"}}, "--metadata applies to tus uploads only (this destination is s3)"),
     (S3, {"headers": {"Content-Type": "text/plain"}}, "--header applies to tus uploads only (this destination is s3)"),
-    (PROCORE, {"metadata": {"color": "blue"}}, "--metadata applies to tus uploads only (this destination is procore)"),
+    (PROCORE, {"metadata": {"color": "blue"}},
+     "--metadata applies to s3 and tus uploads only (this destination is procore)"),
     (PROCORE, {"headers": {"X-A": "b"}}, "--header applies to tus uploads only (this destination is procore)"),
     # Procore-only options elsewhere
     (S3, {"procore_api": "v1.1"}, "--procore-api applies to procore uploads only (this destination is s3)"),
@@ -147,7 +147,7 @@ def cli_options(*argv: str) -> UploadOptions:
 
 
 @pytest.mark.parametrize(("argv", "phrase"), [
-    ((S3, "--metadata", "color=blue", "--header", "Content-Type: text/plain"), "applies to tus uploads only"),
+    ((S3, "--metadata", "color=blue", "--header", "Content-Type: text/plain"), "--header applies to tus uploads only"),
     ((S3, "--header", "Content-Type: text/plain"), "--header applies to tus uploads only"),
     ((S3, "--sandbox"), "--sandbox applies to procore uploads only (this destination is s3)"),
     ((TUS, "--checksum", "md5"), "--checksum md5 applies to s3 uploads only"),
@@ -163,10 +163,11 @@ def test_cli_refuses_with_exit_2_and_one_line(argv: tuple[str, ...], phrase: str
 
 
 @pytest.mark.parametrize("argv", [
-    (S3, "--endpoint-url", "http://127.0.0.1:8333", "--region", "r", "--profile", "p", "--checksum", "md5"),
+    (S3, "--endpoint-url", "http://127.0.0.1:8333", "--region", "r", "--profile", "p", "--checksum", "md5",
+     "--metadata", "k=v", "--content-type", "video/mp4"),
     (TUS, "--header", "Authorization: Bearer X", "--metadata", "k=v", "--checksum", "crc32"),
     (PROCORE, "--procore-api", "v1.1", "--sandbox", "--token-file", "/tmp/t"),
-    (PROCORE, "--procore-base-url", "https://p.example"),
+    (PROCORE, "--procore-base-url", "https://p.example", "--content-type", "application/pdf"),
 ])
 def test_cli_accepts_what_the_target_uses(argv: tuple[str, ...]) -> None:
     cli_options(*argv)

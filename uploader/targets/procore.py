@@ -232,7 +232,8 @@ class ProcoreProtocol:
     single_shot_max: int = 5 * GiB  # an S3 POST form's limit
 
     def __init__(self, target: ProcoreTarget, *, api: Api, base_url: str, token: str, source: str,
-                 clock: Callable[[], float] = time.time, name: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, name: str | None = None,
+                 content_type: str | None = None) -> None:
         if api == V21 and target.project_id is None:
             raise UsageError(f"{target}: v2.1 uploads exist only in a project; use "
                              f"{target}/projects/PROJECT_ID, or --procore-api v1.1 for a company upload")
@@ -241,6 +242,7 @@ class ProcoreProtocol:
         self.base_url = base_url.rstrip("/")
         self.source = source
         self.name = name or source.replace("\\", "/").rsplit("/", 1)[-1]  # the user's name (a symlink's own)
+        self.content_type = content_type or content_type_of(self.name)
         self.limits = V21_LIMITS if api == V21 else V11_LIMITS
         self.clock = clock
         self._token = token
@@ -422,7 +424,7 @@ class ProcoreProtocol:
 
     def prepare_single_shot(self, size: int) -> HttpRequest:
         """A fresh form per attempt: its policy expires like the segment URLs do."""
-        body = {"response_filename": self.name, "response_content_type": content_type_of(self.name)}
+        body = {"response_filename": self.name, "response_content_type": self.content_type}
         return self._api("POST", self._uploads_path(V11), "Procore create upload (single shot)", body)
 
     def parse_prepare_single_shot(self, resp: HttpResponse) -> None:
@@ -437,8 +439,7 @@ class ProcoreProtocol:
         if self._form is None:
             raise UploadFailed("the POST form is not prepared: prepare_single_shot comes first")
         url, fields, _ = self._form
-        form = FormBody(fields, "file", FileSlice(self.source, 0, size), self.name,
-                        content_type_of(self.name))
+        form = FormBody(fields, "file", FileSlice(self.source, 0, size), self.name, self.content_type)
         headers = {"Content-Type": form.content_type, "Content-Length": str(form.length)}
         return HttpRequest("POST", url, headers, form, "POST form upload")
 
@@ -536,4 +537,4 @@ def procore_protocol(options: UploadOptions, source: str, environ: Mapping[str, 
     base_url = check_base_url(options.procore_base_url or PRODUCTION_URL)
     token = read_token(options.token_file, os.environ if environ is None else environ)
     return ProcoreProtocol(target, api=api, base_url=base_url, token=token, source=source,
-                           name=options.file_name)
+                           name=options.file_name, content_type=options.content_type)

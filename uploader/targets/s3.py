@@ -130,6 +130,25 @@ def _complete_item(number: int, etag: str, crc32: str | None) -> str:
     return f"<Part><PartNumber>{number}</PartNumber><ETag>\"{etag}\"</ETag>{crc}</Part>"
 
 
+_META_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name's characters
+METADATA_LIMIT = 2048  # S3: user metadata, keys and values in UTF-8 bytes, at most 2 KB
+
+
+def object_headers(content_type: str | None, metadata: Mapping[str, str]) -> dict[str, str]:
+    """Content-Type and x-amz-meta-* for the object, refused (exit 2, nothing sent) where S3
+    would refuse or mangle them: they travel as HTTP headers, so ASCII only."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    for key, value in metadata.items():
+        if not _META_KEY.fullmatch(key) or not all(" " <= ch <= "~" for ch in value):
+            raise UsageError(f"--metadata {key}={value}: S3 metadata must be ASCII (a header-name key, a "
+                             "printable value); encode other text first, e.g. as base64")
+        headers[f"x-amz-meta-{key.lower()}"] = value
+    size = sum(len(k) + len(v) for k, v in metadata.items())
+    if size > METADATA_LIMIT:
+        raise UsageError(f"--metadata is {size} bytes; S3 allows {METADATA_LIMIT} bytes of user metadata")
+    return headers
+
+
 def s3_error(resp: HttpResponse, label: str) -> Exception:
     """Turn a non-2xx (or a 200 carrying <Error>) into our error classes."""
     code, message = error_code_and_message(resp.body)
@@ -160,9 +179,12 @@ class S3Protocol:
         credentials: Any,
         source: str,
         checksum: ChecksumMode = "crc32",
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.location = location
         self.source = source
+        self.object_headers = object_headers(content_type, metadata or {})  # Create and PutObject
         self.region = region
         self._credentials = credentials  # botocore Credentials: refreshable, never stored
         self.object_url = self._object_url(endpoint_url)
@@ -233,7 +255,8 @@ class S3Protocol:
         # With an algorithm, S3 verifies each part's x-amz-checksum-crc32 and wants the part
         # checksums again in Complete; without one, parts carry Content-MD5.
         headers = {"x-amz-checksum-algorithm": "CRC32"} if self.checksum == "crc32" else {}
-        return self._signed("POST", "uploads=", headers=headers, label="CreateMultipartUpload")
+        return self._signed("POST", "uploads=", headers={**self.object_headers, **headers},
+                            label="CreateMultipartUpload")
 
     def parse_create(self, resp: HttpResponse) -> dict[str, Any]:
         """The session to keep in the manifest. Raises ChecksumUnsupported (after switching
@@ -314,7 +337,7 @@ class S3Protocol:
         return self._signed("DELETE", query, label="AbortMultipartUpload")
 
     def single_shot(self, size: int, digest: PartDigest | None) -> HttpRequest:
-        headers = {"Content-Length": str(size)}
+        headers = {**self.object_headers, "Content-Length": str(size)}
         if digest is not None:
             headers.update(_checksum_header(self.checksum, digest))
         body: bytes | FileSlice = FileSlice(self.source, 0, size) if size else b""

@@ -123,9 +123,9 @@ def decode_metadata(header: str | None) -> dict[str, str]:
     return out
 
 
-def default_metadata(source: str, extra: Mapping[str, str]) -> dict[str, str]:
+def default_metadata(source: str, extra: Mapping[str, str], filetype: str | None = None) -> dict[str, str]:
     """filename and filetype (what tus-js-client and Uppy send), then the user's pairs."""
-    filetype = mimetypes.guess_type(source)[0] or "application/octet-stream"
+    filetype = filetype or mimetypes.guess_type(source)[0] or "application/octet-stream"
     return {"filename": os.path.basename(source), "filetype": filetype, **extra}
 
 
@@ -184,7 +184,7 @@ class TusProtocol:
 
     def __init__(self, endpoint: str, *, source: str, headers: Mapping[str, str] | None = None,
                  metadata: Mapping[str, str] | None = None, chunk_size: int = DEFAULT_CHUNK,
-                 stream: bool = False, name: str | None = None) -> None:
+                 stream: bool = False, name: str | None = None, content_type: str | None = None) -> None:
         self.endpoint = endpoint
         self.source = source
         self.name = name or os.path.basename(source)  # the user's name for it (a symlink's own)
@@ -195,7 +195,7 @@ class TusProtocol:
         self.limits = PartLimits(min_part=chunk_size, max_part=_UNLIMITED, max_parts=_UNLIMITED,
                                  max_object=_UNLIMITED)
         self.user_headers = _check_user_headers(headers or {})
-        self.metadata = encode_metadata(default_metadata(self.name, metadata or {}))
+        self.metadata = encode_metadata(default_metadata(self.name, metadata or {}, content_type))
         self.server = ServerInfo()  # replaced by what OPTIONS says
         self.known = False  # True once OPTIONS answered
 
@@ -428,5 +428,6 @@ def tus_protocol(options: UploadOptions, source: str) -> TusProtocol:
     chosen = isinstance(options.part_size, int)
     chunk = options.part_size if isinstance(options.part_size, int) else DEFAULT_CHUNK
     return TusProtocol(parse_tus_url(options.destination), source=source, headers=options.headers,
-                       metadata=options.metadata, chunk_size=chunk, stream=not chosen, name=options.file_name)
+                       metadata=options.metadata, chunk_size=chunk, stream=not chosen, name=options.file_name,
+                       content_type=options.content_type)
 
