@@ -48,6 +48,9 @@ class Manifest:
     parts: list[PartRecord]
     # Target-specific session state (upload id, tus URL, ...). Never credentials.
     session: dict[str, Any] = field(default_factory=dict)
+    # A digest of what the object is created with besides its bytes (content type, metadata):
+    # a resume cannot change them, so a changed command is told so. "" in older manifests.
+    attributes: str = ""
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -63,6 +66,7 @@ class Manifest:
             "target": self.target,
             "part_size": self.part_size,
             "session": self.session,
+            "attributes": self.attributes,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "parts": [_part_json(p) for p in self.parts],
@@ -91,6 +95,7 @@ class Manifest:
                 target=str(data["target"]),
                 part_size=int(data["part_size"]),
                 session=dict(data.get("session") or {}),
+                attributes=str(data.get("attributes", "")),
                 created_at=float(data.get("created_at", 0)),
                 updated_at=float(data.get("updated_at", 0)),
                 parts=[

@@ -169,6 +169,17 @@ class UploadOptions:
         return mimetypes.guess_type(self.file_name)[0]
 
     @property
+    def attributes(self) -> str:
+        """A digest of the content type and metadata the object is created with: kept in the
+        manifest (not the values: they are the user's data) to tell when a resume ignores a change."""
+        import json
+
+        import xxhash
+
+        fields = json.dumps([self.media_type, sorted(self.metadata.items())])
+        return xxhash.xxh3_64_hexdigest(fields.encode())
+
+    @property
     def file_name(self) -> str:
         """The name the user gave the file: a symlink shows and uploads under its own name
         (as `aws s3 cp` does), though the bytes are read from its target."""

@@ -74,6 +74,14 @@ def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
     )
 
 
+
+def warn_kept_attributes(manifest: Manifest, options: UploadOptions) -> None:
+    """An upload created on the server keeps its content type and metadata (S3 took them at
+    CreateMultipartUpload, tus at creation): say so when this command asks for others."""
+    if manifest.attributes and manifest.attributes != options.attributes:
+        log.warning("The interrupted upload keeps the content type and metadata it was created with "
+                    "(--content-type and --metadata apply to new uploads; --restart starts it over with them)")
+
 class _Upload:
     """One run of one file to one destination."""
 
@@ -235,6 +243,7 @@ class _Upload:
                 f"{self.identity.path} changed since the interrupted upload ({', '.join(changed)} "
                 "differ); nothing was sent. Run again with --restart to upload it from the start"
             )
+        warn_kept_attributes(manifest, self.options)
         return manifest
 
     async def fresh(self) -> Completed:
@@ -244,7 +253,7 @@ class _Upload:
         self.manifest = Manifest(
             file=self.identity, destination=self.protocol.destination(), target=self.protocol.kind,
             part_size=parts[0].length, parts=[PartRecord(p.number, p.offset, p.length) for p in parts],
-            session=session,
+            session=session, attributes=self.options.attributes,
         )
         await self.checkpoint(force=True)
         return await self.send_parts(self.manifest.parts)

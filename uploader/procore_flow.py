@@ -188,7 +188,7 @@ class ProcoreFlow:
         session["digests"] = digests.to_json()
         self.run.manifest = Manifest(
             file=self.identity, destination=self.proto.destination(), target="procore",
-            part_size=parts[0].length, session=session,
+            part_size=parts[0].length, session=session, attributes=self.run.options.attributes,
             parts=[PartRecord(p.number, p.offset, p.length, x) for p, x in zip(parts, xxh3, strict=True)],
         )
         self.run.parts_total = len(parts)

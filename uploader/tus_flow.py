@@ -187,6 +187,7 @@ class TusFlow:
         self.run.manifest = Manifest(
             file=self.run.identity, destination=self.protocol.destination(), target="tus",
             part_size=self.chunk, parts=[], session={"version": SESSION_VERSION, "mode": mode},
+            attributes=self.run.options.attributes,
         )
 
     async def _persist(self, force: bool = False) -> None:

@@ -12,6 +12,7 @@ from typing import cast
 from chunker import digest_range
 from resume import FileIdentity, Manifest, ManifestStore
 from uploader.config import UploadOptions
+from uploader.engine import warn_kept_attributes
 from uploader.errors import SessionLost, TransientError, UploadFailed
 from uploader.fallback import attempt_loop
 from uploader.redact import redact_url
@@ -46,6 +47,7 @@ class _SyncTus:
         manifest, _ = self.store.load_or_none()
         if manifest is None or manifest.file.differences(self.identity):
             return
+        warn_kept_attributes(manifest, self.options)
         segments = [Segment.from_json(s) for s in manifest.session.get("segments", [])]
         if manifest.session.get("mode") == "single" and len(segments) == 1:
             if segments[0].url and not segments[0].expired(time.time()):
@@ -100,7 +102,8 @@ class _SyncTus:
                             part_size=self.size, parts=[],
                             session={"version": SESSION_VERSION, "mode": "single",
                                      "segments": [asdict(segment)], "upload_url": self.url,
-                                     "upload_id": self.url, "partials": []})
+                                     "upload_id": self.url, "partials": []},
+                            attributes=self.options.attributes)
         self.store.save(manifest)
 
     def forget_leftovers(self) -> None:

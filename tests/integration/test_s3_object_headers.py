@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.cli import run_cli, s3_env
+from tests.servers.fault_proxy import FaultProxy, HttpRespond
 
 MiB = 1 << 20
 
@@ -20,8 +21,9 @@ def env(seaweed: Any, tmp_path: Path) -> dict[str, str]:
     return s3_env(seaweed, tmp_path)
 
 
-def _upload(seaweed: Any, env: dict[str, str], src: Path, key: str, tmp_path: Path, *extra: str) -> Any:
-    return run_cli("upload", str(src), f"s3://{seaweed.bucket}/{key}", "--endpoint-url", seaweed.endpoint,
+def _upload(seaweed: Any, env: dict[str, str], src: Path, key: str, tmp_path: Path, *extra: str,
+            endpoint: str | None = None) -> Any:
+    return run_cli("upload", str(src), f"s3://{seaweed.bucket}/{key}", "--endpoint-url", endpoint or seaweed.endpoint,
                    "--state-dir", str(tmp_path / "state"), "--part-size", "5MiB", "--sync-delay", "0", *extra,
                    env=env)
 
@@ -70,3 +72,31 @@ def test_metadata_s3_would_refuse_is_refused_before_sending(
     assert run.code == 2, run.stderr
     assert phrase in run.stderr and "Traceback" not in run.stderr
     assert seaweed.list_multipart_uploads(key) == []
+
+
+KEPT = "keeps the content type and metadata it was created with"
+
+
+@pytest.mark.parametrize(("resumed_with", "warned", "ctype", "meta"), [
+    (("--content-type", "text/plain", "--metadata", "stage=draft"), False, "text/plain", "draft"),
+    (("--content-type", "application/json", "--metadata", "stage=final"), True, "text/plain", "draft"),
+    ((), True, "text/plain", "draft"),  # no options now: the guessed type and no metadata differ
+], ids=["same-command", "changed", "dropped"])
+def test_a_resume_keeps_what_the_upload_was_created_with_and_says_so(
+        seaweed: Any, env: dict[str, str], tmp_path: Path, make_random_file: Callable[..., Path],
+        resumed_with: tuple[str, ...], warned: bool, ctype: str, meta: str) -> None:
+    src = make_random_file("report.csv", 11 * MiB)
+    key = seaweed.unique_key("kept")
+    created_with = ("--content-type", "text/plain", "--metadata", "stage=draft")
+    refuse = HttpRespond(status=403, method="PUT", query="partNumber=2",
+                         body="<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
+    with FaultProxy("127.0.0.1", seaweed.s3_port, [refuse], http=True) as proxy:
+        first = _upload(seaweed, env, src, key, tmp_path, *created_with, "--concurrency", "1",
+                        endpoint=proxy.url())
+    assert first.code == 1 and len(list((tmp_path / "state").glob("*.json"))) == 1, first.stderr
+    run = _upload(seaweed, env, src, key, tmp_path, *resumed_with)
+    assert run.code == 0, run.stderr
+    assert (KEPT in run.stderr) is warned, run.stderr
+    head = seaweed.head_object(key)  # what S3 took at CreateMultipartUpload stays
+    assert (head["ContentType"], head["Metadata"]) == (ctype, {"stage": meta})
+    assert seaweed.get_object_bytes(key) == src.read_bytes()

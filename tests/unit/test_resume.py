@@ -22,6 +22,7 @@ from resume import (
     ServerPart,
     reconcile,
 )
+from uploader.config import UploadOptions
 
 
 def _manifest(path: Path) -> Manifest:
@@ -161,9 +162,24 @@ def test_manifest_keeps_part_crc32_and_loads_manifests_without_it(tmp_path: Path
     assert old.parts[0].crc32 is None and old.parts[0].etag == "e1"
 
 
+def test_manifest_keeps_an_attributes_digest_not_the_values(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"0123456789")
+    options = UploadOptions(source=str(src), destination="s3://b/k", metadata={"client": "ACME"})
+    manifest = _manifest(src)
+    manifest.attributes = options.attributes
+    raw = manifest.dumps()
+    assert b"ACME" not in raw and Manifest.loads(raw).attributes == options.attributes
+    other = UploadOptions(source=str(src), destination="s3://b/k", metadata={"client": "Other"})
+    assert other.attributes != options.attributes
+    data = json.loads(raw)
+    del data["attributes"]  # as written before the field existed: no digest, nothing to compare
+    assert Manifest.loads(json.dumps(data).encode()).attributes == ""
+
+
 def test_manifest_json_holds_no_credentials(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(b"0123456789")
     data = json.loads(_manifest(src).dumps())
     assert set(data) == {"schema", "tool", "file", "destination", "target", "part_size", "session",
-                         "created_at", "updated_at", "parts"}
+                         "attributes", "created_at", "updated_at", "parts"}
