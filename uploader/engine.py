@@ -74,13 +74,13 @@ def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
     )
 
 
-
 def warn_kept_attributes(manifest: Manifest, options: UploadOptions) -> None:
     """An upload created on the server keeps its content type and metadata (S3 took them at
     CreateMultipartUpload, tus at creation): say so when this command asks for others."""
     if manifest.attributes and manifest.attributes != options.attributes:
         log.warning("The interrupted upload keeps the content type and metadata it was created with "
                     "(--content-type and --metadata apply to new uploads; --restart starts it over with them)")
+
 
 class _Upload:
     """One run of one file to one destination."""
