@@ -115,6 +115,8 @@ def test_method_other_than_put_or_post_is_refused(src: Path) -> None:
     ("http://h/x", {"metadata": {"k": "v"}}, "--metadata applies to s3 and tus uploads only"),
     ("http://h/x", {"region": "eu-west-1"}, "--region applies to s3 uploads only (this destination is http)"),
     ("http://user:pw@h/x", {"headers": {"Authorization": "Basic x"}}, "give them one way"),
+    ("http://h/x", {"part_size": "8MiB"}, "--part-size applies to s3 and tus and procore uploads only"),
+    ("http://h/x", {"headers": {"X-Token": "1", "x-token": "2"}}, "--header x-token is given twice"),
 ])
 def test_options_that_do_not_fit_are_refused(destination: str, kwargs: dict[str, object], phrase: str) -> None:
     with pytest.raises(UsageError) as caught:
@@ -125,3 +127,11 @@ def test_options_that_do_not_fit_are_refused(destination: str, kwargs: dict[str,
 def test_http_keeps_its_options() -> None:
     UploadOptions.build("f.bin", "https://h/x", method="POST", headers={"Authorization": "Bearer x"},
                         content_type="video/mp4")
+
+
+def test_cli_passes_method_and_protocol() -> None:
+    from uploader.cli import _options, build_parser
+
+    args = build_parser().parse_args(["upload", "f.bin", "https://h/x", "--protocol", "http", "--method", "post"])
+    options = _options(args)
+    assert (options.target, options.method) == ("http", "POST")
