@@ -6,7 +6,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from uploader.config import UploadOptions
+from uploader.config import REGION_NAME, UploadOptions
 from uploader.errors import UsageError
 from uploader.redact import redact_url
 from uploader.targets.s3 import S3Location, S3Protocol
@@ -106,6 +106,9 @@ def s3_protocol(options: UploadOptions, source: str) -> S3Protocol:
         region = region or session.get_config_variable("region") or "us-east-1"
     else:
         region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if not REGION_NAME.fullmatch(str(region)):  # from AWS_REGION or a config file
+        raise UsageError(f"region {region!r} is not a region name; check AWS_REGION, AWS_DEFAULT_REGION "
+                         "and the profile's region (e.g. us-east-1)")
     return S3Protocol(
         location,
         endpoint_url=_endpoint(options, session),

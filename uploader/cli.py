@@ -62,6 +62,8 @@ def _pairs(values: Sequence[str] | None, sep: str, flag: str) -> dict[str, str]:
         name, found, value = item.partition(sep)
         if not found or not name.strip():
             raise UsageError(f"{flag} {item!r}: expected NAME{sep}VALUE")
+        if name.strip() in out:  # the last would silently win
+            raise UsageError(f"{flag} {name.strip()} is given twice; give it once")
         out[name.strip()] = value.strip() if sep == ":" else value
     return out
 
@@ -79,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upload", help="upload FILE to DEST (run again to resume)")
     up.add_argument("file")
     up.add_argument("destination", help="s3://BUCKET/KEY, tus+https://HOST/PATH/ (tus creation URL), "
-                    "or procore://COMPANY_ID[/projects/PROJECT_ID]")
+                    "procore://COMPANY_ID[/projects/PROJECT_ID], or http(s)://HOST/PATH (one PUT or POST)")
     up.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS; env AWS_ENDPOINT_URL)")
     up.add_argument("--region")
     up.add_argument("--profile")
-    up.add_argument("--protocol", choices=["s3", "tus", "procore"], help="override the protocol implied by DEST "
-                    "(tus: DEST is an http(s):// tus creation URL)")
+    up.add_argument("--protocol", choices=["s3", "tus", "procore", "http"], help="override the protocol implied "
+                    "by DEST (tus: DEST is an http(s):// tus creation URL)")
     up.add_argument("--part-size", help="e.g. 16MiB (grown automatically to stay under 10,000 parts)")
     up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parts in flight")
     up.add_argument("--state-dir", help="where resume manifests live (default ~/.local/state/chunkhaul)")
@@ -104,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="S3 part checksum the server verifies: crc32 (default, x-amz-checksum-crc32, about "
                     "0.6 CPU-s per GiB) or md5 (Content-MD5, about 1.8 CPU-s per GiB; for S3-compatible "
                     "stores that do not understand the x-amz-checksum headers)")
-    up.add_argument("--header", action="append", metavar="'NAME: VALUE'")
+    up.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="tus and http: sent with the upload")
+    up.add_argument("--method", type=str.upper, choices=["PUT", "POST"],
+                    help="http(s):// destinations: the request that carries the file (default PUT)")
     up.add_argument("--metadata", action="append", metavar="KEY=VALUE",
                     help="S3: x-amz-meta-KEY (ASCII, 2 KB in all); tus: Upload-Metadata")
     up.add_argument("--content-type", metavar="TYPE",
@@ -159,7 +163,7 @@ def _options(args: argparse.Namespace) -> UploadOptions:
         retries=args.retries, force_close=args.force_close, checksum=args.checksum,
         sync_deadline=args.sync_deadline, sync_delay=args.sync_delay,
         procore_api=args.procore_api, token_file=args.token_file,
-        procore_base_url=SANDBOX_URL if args.sandbox else args.procore_base_url,
+        procore_base_url=SANDBOX_URL if args.sandbox else args.procore_base_url, method=args.method,
     )
 
 

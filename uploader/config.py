@@ -27,6 +27,10 @@ PROCORE_TOKEN_ENV = "PROCORE_ACCESS_TOKEN"
 
 FallbackMode = Literal["auto", "never", "only"]
 # type/subtype[; parameters], printable ASCII (it goes into a header): RFC 9110 media-type, loosely.
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token: what a header name may hold
+# AWS names regions like us-east-1; S3-compatible stores use their own words (auto, fr-par,
+# garage), never a space: one would only come back as a SignatureDoesNotMatch blaming the keys.
+REGION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?")
 # S3 part checksum: crc32 costs a third of md5's CPU (bench/PROFILE.md: 0.61 vs 1.84 CPU-s/GiB);
 # md5 (Content-MD5) is for S3-compatible stores that do not know the x-amz-checksum headers.
@@ -56,6 +60,7 @@ def _check_ca_bundle(path: str) -> None:
 
 
 TUS_SCHEMES = ("tus", "tus+http", "tus+https")
+HTTP_SCHEMES = ("http", "https")  # plain single-shot PUT/POST (targets/http.py)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class UploadOptions:
     procore_api: str | None = None
     procore_base_url: str | None = None
     token_file: str | None = None
+    method: str | None = None  # http only: PUT (None) or POST
 
     @property
     def target(self) -> str:
@@ -119,20 +125,39 @@ class UploadOptions:
         for flag, seconds in (("--connect-timeout", self.connect_timeout), ("--stall-timeout", self.stall_timeout)):
             if not 0 < seconds < float("inf"):  # also refuses nan, which compares false
                 raise UsageError(f"{flag} must be a positive number of seconds, got {seconds}")
-        if self.sync_delay < 0 or (self.sync_deadline is not None and self.sync_deadline <= 0):
-            raise UsageError("--sync-deadline must be positive and --sync-delay not negative")
+        if self.sync_delay < 0:
+            raise UsageError(f"--sync-delay must be 0 or more seconds, got {self.sync_delay}")
+        if self.sync_deadline is not None and not 0 < self.sync_deadline < float("inf"):
+            raise UsageError(f"--sync-deadline must be a positive number of seconds, got {self.sync_deadline}")
+        if self.region and not REGION_NAME.fullmatch(self.region):  # "" counts as not given
+            raise UsageError(f"--region {self.region!r} is not a region name; use one like us-east-1")
+        self._check_headers()
         if self.procore_api not in (None, "v2.1", "v1.1"):
             raise UsageError(f"--procore-api must be v2.1 or v1.1, got {self.procore_api!r}")
         self._check_applies()
         if self.ca_bundle is not None:
             _check_ca_bundle(self.ca_bundle)
 
+    def _check_headers(self) -> None:
+        """A header that would be refused by aiohttp mid-upload (or by the server) fails here."""
+        seen: set[str] = set()
+        for name, value in self.headers.items():
+            if not HEADER_NAME.fullmatch(name):
+                raise UsageError(f"--header {name!r}: not a header name (letters, digits and !#$%&'*+.^_`|~- "
+                                 "only, no spaces)")
+            if any((ch < " " and ch != "\t") or ch == "\x7f" for ch in value):
+                raise UsageError(f"--header {name}: the value holds a control character (a line break?); "
+                                 "give it on one line")
+            if name.lower() in seen:
+                raise UsageError(f"--header {name} is given twice; give it once")
+            seen.add(name.lower())
+
     def _check_applies(self) -> None:
         """Refuse an option the chosen target would silently ignore (an empty value, like the
-        defaults, counts as not given), and tus credentials given twice."""
+        defaults, counts as not given), and tus or http credentials given twice."""
         target = self.target
-        kind = "tus" if target in TUS_SCHEMES else target
-        if kind not in ("s3", "tus", "procore"):
+        kind = "tus" if target in TUS_SCHEMES else "http" if target in HTTP_SCHEMES else target
+        if kind not in ("s3", "tus", "procore", "http"):
             return  # build_protocol names the unknown destination
         sandbox = self.procore_base_url == PROCORE_SANDBOX_URL
         given: tuple[tuple[str, object, str], ...] = (
@@ -140,7 +165,9 @@ class UploadOptions:
             ("--region", self.region, "s3"),
             ("--profile", self.profile, "s3"),
             (f"--checksum {self.checksum}", self.checksum != "crc32", "s3"),  # tus: the server picks
-            ("--header", self.headers, "tus"),  # targets/tus.py: on every request, and metadata
+            ("--header", self.headers, "tus and http"),  # targets/tus.py: on every request; http: on its one
+            ("--method", self.method, "http"),  # targets/http.py: PUT or POST
+            ("--part-size", self.part_size, "s3 and tus and procore"),  # http: one request, no parts
             ("--metadata", self.metadata, "s3 and tus"),  # S3: x-amz-meta-*; tus: Upload-Metadata
             ("--procore-api", self.procore_api, "procore"),  # targets/procore.py procore_protocol
             ("--sandbox" if sandbox else "--procore-base-url", self.procore_base_url, "procore"),
@@ -149,7 +176,7 @@ class UploadOptions:
         for flag, value, owner in given:
             if value and kind not in owner.split(" and "):
                 raise UsageError(f"{flag} applies to {owner} uploads only (this destination is {target}); drop it")
-        if kind == "tus" and any(name.strip().lower() == "authorization" for name in self.headers):
+        if kind in ("tus", "http") and any(name.strip().lower() == "authorization" for name in self.headers):
             try:
                 parts = urlsplit(self.destination)
             except ValueError:

@@ -22,7 +22,7 @@ from tenacity import (
 from chunker import Part, PartDigest, PartLimits, digest_range, plan_parts
 from resume import FileIdentity, LockHeld, Manifest, ManifestStore, PartRecord, ServerPart, reconcile
 from uploader.aio import gather_or_cancel
-from uploader.config import TUS_SCHEMES, UploadOptions
+from uploader.config import HTTP_SCHEMES, TUS_SCHEMES, UploadOptions
 from uploader.diagnostics import diagnose, format_block
 from uploader.errors import (
     RESUME_HINT,
@@ -68,9 +68,13 @@ def build_protocol(options: UploadOptions, source: str) -> MultipartProtocol:
         from uploader.targets.procore import procore_protocol
 
         return procore_protocol(options, source)
+    if scheme in HTTP_SCHEMES:
+        from uploader.targets.http import http_protocol
+
+        return http_protocol(options, source)
     raise UsageError(
         f"unknown destination {redact_url(options.destination)!r}: use s3://BUCKET/KEY, "
-        "tus+https://HOST/PATH/ or procore://COMPANY_ID[/projects/PROJECT_ID]"
+        "tus+https://HOST/PATH/, procore://COMPANY_ID[/projects/PROJECT_ID] or http(s)://HOST/PATH"
     )
 
 
@@ -193,7 +197,8 @@ class _Upload:
             from uploader.procore_flow import run_procore
 
             return await run_procore(self)
-        if self.identity.size < self.options.part_size_bytes:
+        # A plain HTTP server takes the file in one request or not at all (no parts, no resume).
+        if self.identity.size < self.options.part_size_bytes or self.protocol.kind == "http":
             self.announce()
             return await self.single_shot()
         manifest = self.load_manifest()
@@ -292,12 +297,16 @@ class _Upload:
         # file (a digest each); that waits in the queue behind the parts the server lacks, so
         # a resume starts sending at once. No local hashing here: they come back in todo.
         todo = reconcile(manifest.parts, server, lambda _part: None)
-        self._unverified = {p.number: server[p.number] for p in todo if server.get(p.number)}
+        # A part cut off by the kill may be listed short: that one is simply sent again.
+        self._unverified = {p.number: whole for p in todo
+                            if (whole := [s for s in server.get(p.number, ()) if s.size == p.length])}
         todo.sort(key=lambda p: p.number in self._unverified)
         self.bytes_resumed = manifest.bytes_done()
+        listed = self.bytes_resumed + sum(p.length for p in todo if p.number in self._unverified)
         log.info("Resuming: %d of %d parts (%s) already on the server%s",
-                 len(manifest.parts) - len(todo), len(manifest.parts), mb(self.bytes_resumed),
-                 f"; {len(self._unverified)} more to check against the file" if self._unverified else "")
+                 len(manifest.parts) - len(todo) + len(self._unverified), len(manifest.parts), mb(listed),
+                 f", {len(self._unverified)} of them finished after the last checkpoint: checked against "
+                 "the file before they count" if self._unverified else "")
         self.progress.start_at(self.bytes_resumed)
         self.note_kept_parts(manifest, todo)
         return await self.send_parts(todo)
@@ -476,7 +485,8 @@ class _Upload:
             return await self._single_shot()
 
     async def _single_shot(self) -> Completed:
-        digest = await self._digest(Part(1, 0, self.identity.size))
+        # A target whose request carries no digest (plain HTTP, any size) skips a full read of the file.
+        digest = await self._digest(Part(1, 0, self.identity.size)) if self.protocol.part_digests else None
         done = await self.call(lambda: self.protocol.single_shot(self.identity.size, digest),
                                self.protocol.parse_single_shot)
         self.progress.commit(self.identity.size)
@@ -553,8 +563,10 @@ async def _abort_server_side(protocol: Any, session: dict[str, Any], options: Up
                               stall_timeout=options.stall_timeout, ca_bundle=options.ca_bundle) as transport:
         for request in requests:
             resp = await _send_retrying(transport, request)
-            if resp.ok or resp.status in (404, 410):  # deleted now, or gone already
+            if resp.ok:
                 log.info("Deleted the upload on the server (%s: HTTP %d)", request.label, resp.status)
+            elif resp.status in (404, 410):  # expired or deleted before: nothing left to delete
+                log.info("The server no longer had the upload (%s: HTTP %d)", request.label, resp.status)
             elif resp.status in (405, 501):
                 log.warning("The server cannot delete uploads (HTTP %d); it will expire them itself",
                             resp.status)
@@ -752,10 +764,9 @@ async def _run_guarded(flow: Awaitable[Completed], run: _Upload) -> Completed:
     except SessionLost as exc:
         raise UploadFailed(f"the server lost the upload again ({exc}); {RESUME_HINT}") from exc
     except PermanentError as exc:  # a 4xx: nothing to retry now, but what was sent is not lost
-        if not run.store.path.exists():
-            raise
-        raise PermanentError(f"{exc}; the upload so far is kept: fix that, then {RESUME_HINT}",
-                             status=exc.status, code=exc.code) from exc
+        kept = run.store.path.exists()
+        step = f"the upload so far is kept: fix that, then {RESUME_HINT}" if kept else next_step(kept)
+        raise PermanentError(f"{exc}; {step}", status=exc.status, code=exc.code) from exc
 
 
 def upload(source: UploadOptions | str, destination: str | None = None, /, **kwargs: Any) -> UploadResult:

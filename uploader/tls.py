@@ -17,6 +17,14 @@ HANDSHAKE_REFUSALS = frozenset({
 })
 
 
+def handshake_advice(error_text: str) -> str:
+    """What to do about a refused handshake. WRONG_VERSION_NUMBER is what OpenSSL says when the
+    reply is not TLS at all, mostly an HTTP server behind an https:// URL."""
+    if "WRONG_VERSION_NUMBER" in error_text:
+        return "the server did not answer in TLS: if it speaks plain HTTP, use an http:// URL"
+    return "the server must support TLS 1.2 or newer"
+
+
 def make_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     # create_default_context turns on hostname checking and CERT_REQUIRED;
     # there is deliberately no switch to turn them off.

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import io
 import os
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,7 @@ from yarl import URL
 from uploader.errors import ConnectFailed, PermanentError, TransientError
 from uploader.redact import redact_text
 from uploader.source import secs
-from uploader.tls import HANDSHAKE_REFUSALS, make_ssl_context
+from uploader.tls import HANDSHAKE_REFUSALS, handshake_advice, make_ssl_context
 from uploader.wire import FileSlice, HttpRequest, HttpResponse, lower_headers
 
 READ_PIECE = 256 * 1024  # bytes read from disk per write: bounds memory per part in flight
@@ -160,13 +161,18 @@ class _FileBody(aiohttp.payload.Payload):
                 self._on_sent(n)
 
 
+_SSL_REPR = re.compile(r"ssl:<ssl\.SSLContext object at 0x[0-9a-f]+>")
+
+
 def classify_exception(exc: BaseException, label: str) -> Exception:
     """Map aiohttp / ssl / OS errors to our classes, once, here."""
-    what = f"{label}: {type(exc).__name__}: {redact_text(str(exc)) or 'no detail'}"
+    # aiohttp's connector errors print the SSLContext's repr (an address): of no use to a user.
+    detail = _SSL_REPR.sub("ssl", redact_text(str(exc)))
+    what = f"{label}: {type(exc).__name__}: {detail or 'no detail'}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return PermanentError(f"TLS certificate rejected ({what}); pass --ca-bundle if the server uses a private CA")
     if _handshake_refused(exc):
-        return PermanentError(f"TLS handshake failed ({what}); the server must support TLS 1.2 or newer")
+        return PermanentError(f"TLS handshake failed ({what}); {handshake_advice(what)}")
     if isinstance(exc, aiohttp.InvalidURL):
         return PermanentError(f"invalid URL ({what})")
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -289,7 +295,8 @@ class AsyncTransport:
             body = _FileBody(req.body, activity, on_sent)
         try:
             async with self._session.request(
-                req.method, URL(req.url, encoded=True), headers=headers, data=body, ssl=self._tls(req.url)
+                req.method, URL(req.url, encoded=True), headers=headers, data=body, ssl=self._tls(req.url),
+                allow_redirects=req.follow_redirects,
             ) as resp:
                 data = await _read_reply(resp.content)
                 self._note_tls(resp)

@@ -16,7 +16,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from uploader.errors import PermanentError, TransientError, UploadFailed
 from uploader.redact import redact_text
 from uploader.source import secs
-from uploader.tls import HANDSHAKE_REFUSALS, make_ssl_context
+from uploader.tls import HANDSHAKE_REFUSALS, handshake_advice, make_ssl_context
 from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse, lower_headers
 
 MiB = 1024 * 1024
@@ -178,12 +178,13 @@ class SyncTransport:
         try:
             watchdog.start()
             resp = session.request(req.method, req.url, headers=dict(req.headers), data=body,
-                                   timeout=self.timeouts, verify=self.ca_bundle or True)
+                                   timeout=self.timeouts, verify=self.ca_bundle or True,
+                                   allow_redirects=req.follow_redirects)
             return HttpResponse(resp.status_code, lower_headers(dict(resp.headers)), resp.content)
         except requests.exceptions.SSLError as exc:
             if any(reason in str(exc) for reason in HANDSHAKE_REFUSALS):
-                raise PermanentError(f"{req.label}: TLS handshake refused ({redact_text(str(exc))}); the server "
-                                     "must support TLS 1.2 or newer") from exc
+                raise PermanentError(f"{req.label}: TLS handshake refused ({redact_text(str(exc))}); "
+                                     f"{handshake_advice(str(exc))}") from exc
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
                 raise PermanentError(f"{req.label}: TLS certificate rejected: {redact_text(str(exc))}") from exc
             raise TransientError(f"{req.label}: TLS error: {redact_text(str(exc))}", cause=exc) from exc

@@ -68,6 +68,9 @@ class HttpRequest:
     body: bytes | FileSlice | FormBody | None = None
     # Names the request in logs and errors, e.g. "UploadPart 7".
     label: str = ""
+    # False: a 3xx comes back as the response (plain HTTP names it in an error) instead of the
+    # client library re-sending the body, or dropping it for a GET, somewhere else.
+    follow_redirects: bool = True
 
     @property
     def body_length(self) -> int:

@@ -430,6 +430,10 @@ def dest_missing_bucket(ctx: Ctx) -> Timed:
     return ctx.run(ctx.file(), dest="s3://no-such-bucket-chunkhaul/key", endpoint=ctx.seaweed.endpoint)
 
 
+def dest_key_too_long(ctx: Ctx) -> Timed:
+    return ctx.run(ctx.file(), dest=f"s3://{ctx.seaweed.bucket}/" + "k" * 1025, endpoint=ctx.seaweed.endpoint)
+
+
 def dest_403(ctx: Ctx) -> Timed:
     env = s3_env(ctx.seaweed, ctx.tmp, AWS_SECRET_ACCESS_KEY="not-the-secret")
     return ctx.run(ctx.file(), endpoint=ctx.seaweed.endpoint, env=env)
@@ -659,6 +663,7 @@ ROWS: list[Any] = [
     Row("endpoint-unparsable", endpoint_unparsable, 2, "endpoint"),
     Row("endpoint-with-user-and-password", endpoint_with_credentials, 2, "endpoint"),
     Row("dest-missing-bucket", dest_missing_bucket, 1, "NoSuchBucket"),
+    Row("dest-key-over-1024-bytes", dest_key_too_long, 2, "S3 keys are at most 1,024 bytes"),
     Row("dest-403-wrong-secret", dest_403, 1, "HTTP 403"),
     Row("dest-413", dest_413, 1, "HTTP 413"),
     Row("dest-dns-does-not-resolve", dest_dns_does_not_resolve, 1, "cannot resolve the host name"),
@@ -667,7 +672,8 @@ ROWS: list[Any] = [
     Row("tls-certificate-expired", tls_expired, 1, "expired"),
     Row("tls-self-signed-without-ca-bundle", tls_self_signed, 1, "--ca-bundle"),
     Row("tls-server-only-tls-1.0-1.1", tls_old_versions_only, 1, "TLS 1.2"),
-    Row("tls-https-to-a-plain-http-server", tls_endpoint_speaks_http, 1, "TLS"),
+    Row("tls-https-to-a-plain-http-server", tls_endpoint_speaks_http, 1,
+        "did not answer in TLS: if it speaks plain HTTP, use an http:// URL"),
     # options
     Row("part-size-zero", option("--part-size", "0"), 2, "--part-size"),
     Row("part-size-negative", option("--part-size=-5MiB"), 2, "--part-size"),
@@ -684,6 +690,12 @@ ROWS: list[Any] = [
     Row("ca-bundle-not-pem", option("--ca-bundle", "/etc/hostname"), 2, "--ca-bundle"),
     Row("header-without-colon", option("--header", "NoColonHere"), 2, "--header"),
     Row("metadata-without-equals", option("--metadata", "novalue"), 2, "--metadata"),
+    Row("metadata-given-twice", option("--metadata", "a=1", "--metadata", "a=2"), 2, "--metadata a is given twice"),
+    Row("metadata-twice-by-case", option("--metadata", "a=1", "--metadata", "A=2"), 2, "in lower case"),
+    Row("header-value-with-a-line-break", option("--header", "X-A: b\nInjected: yes"), 2, "control character"),
+    Row("header-name-with-a-space", option("--header", "Bad Name: v"), 2, "not a header name"),
+    Row("region-with-a-space", option("--region", "us east"), 2, "not a region name"),
+    Row("sync-deadline-negative", option("--sync-deadline=-1"), 2, "--sync-deadline must be a positive"),
     Row("fallback-unknown-mode", option("--fallback", "sometimes"), 2, "--fallback"),
     Row("checksum-unknown", option("--checksum", "sha256"), 2, "--checksum"),
     Row("unknown-option", option("--no-verify-ssl"), 2, "unrecognized arguments"),

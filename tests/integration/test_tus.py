@@ -313,9 +313,21 @@ def test_abort_deletes_the_server_upload_and_the_manifest(
     assert result.code == 0, result.stderr
     assert result.summary == {"aborted": True}
     assert head(url).status_code == 404
+    assert "Deleted the upload on the server" in result.stderr
     assert manifests(state) == []
     again = run_cli("abort", str(src), "tus+" + file_tus.url, "--state-dir", str(state), "--json", env=env)
     assert (again.code, again.summary) == (0, {"aborted": False})
+
+
+def test_abort_of_an_upload_the_server_deleted_says_so(
+        file_tus: TusNodeServer, env: dict[str, str], make_random_file: Callable[..., Path], tmp_path: Path) -> None:
+    src, state = make_random_file("gone.bin", 100 * MiB), tmp_path / "state"
+    url = kill_after(start_upload(env, src, file_tus.url, state, "--part-size", "5MiB"), state, 10 * MiB)
+    assert requests.delete(url, headers={"Tus-Resumable": "1.0.0"}, timeout=10).status_code == 204
+    result = run_cli("abort", str(src), file_tus.url, "--protocol", "tus", "--state-dir", str(state), env=env)
+    assert result.code == 0, result.stderr
+    assert "The server no longer had the upload" in result.stderr
+    assert "Deleted the upload" not in result.stderr and manifests(state) == []
 
 
 def test_abort_is_generic_and_aborts_an_s3_multipart_upload(

@@ -28,10 +28,11 @@ def refused(destination: str, **kwargs: Any) -> str:
 
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
     # tus-only options elsewhere
-    (S3, {"headers": {"Content-Type": "text/plain"}}, "--header applies to tus uploads only (this destination is s3)"),
+    (S3, {"headers": {"Content-Type": "text/plain"}},
+     "--header applies to tus and http uploads only (this destination is s3)"),
     (PROCORE, {"metadata": {"color": "blue"}},
      "--metadata applies to s3 and tus uploads only (this destination is procore)"),
-    (PROCORE, {"headers": {"X-A": "b"}}, "--header applies to tus uploads only (this destination is procore)"),
+    (PROCORE, {"headers": {"X-A": "b"}}, "--header applies to tus and http uploads only (this destination is procore)"),
     # Procore-only options elsewhere
     (S3, {"procore_api": "v1.1"}, "--procore-api applies to procore uploads only (this destination is s3)"),
     (S3, {"procore_base_url": "https://p.example"}, "--procore-base-url applies to procore uploads only"),
@@ -147,11 +148,17 @@ def cli_options(*argv: str) -> UploadOptions:
 
 
 @pytest.mark.parametrize(("argv", "phrase"), [
-    ((S3, "--metadata", "color=blue", "--header", "Content-Type: text/plain"), "--header applies to tus uploads only"),
-    ((S3, "--header", "Content-Type: text/plain"), "--header applies to tus uploads only"),
+    ((S3, "--metadata", "color=blue", "--header", "Content-Type: text/plain"),
+     "--header applies to tus and http uploads only"),
+    ((S3, "--header", "Content-Type: text/plain"), "--header applies to tus and http uploads only"),
     ((S3, "--sandbox"), "--sandbox applies to procore uploads only (this destination is s3)"),
     ((TUS, "--checksum", "md5"), "--checksum md5 applies to s3 uploads only"),
     (("tus+http://user:pw@127.0.0.1:1/files/", "--header", "Authorization: Bearer X"), "give them one way"),
+    # aiohttp would refuse these mid-upload ("internal error"); RFC 9110 forbids them in a field
+    ((TUS, "--header", "X-A: b\nInjected: yes"), "the value holds a control character"),
+    ((TUS, "--header", "Bad Name: v"), "not a header name"),
+    ((TUS, "--header", "X-A: 1", "--header", "x-a: 2"), "--header x-a is given twice"),
+    ((TUS, "--header", "X-A: 1", "--header", "X-A: 2"), "--header X-A is given twice"),
 ])
 def test_cli_refuses_with_exit_2_and_one_line(argv: tuple[str, ...], phrase: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

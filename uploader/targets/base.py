@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from chunker import Part, PartDigest, PartLimits
 from resume import ServerPart
+from uploader.errors import UsageError
 from uploader.wire import HttpRequest, HttpResponse
 
 
@@ -62,3 +63,12 @@ class PartChecksums(Protocol):
     def use_session(self, session: Mapping[str, Any]) -> None: ...
     def complete_with_checksums(self, session: Mapping[str, Any],
                                 parts: Sequence[tuple[int, str, str | None]]) -> HttpRequest: ...
+
+
+def check_user_headers(headers: Mapping[str, str], reserved: Collection[str]) -> dict[str, str]:
+    """--header values a target sends as given; refused when the target sets that header itself
+    (`reserved`, lower case): two values for one header would reach the server."""
+    for name in headers:
+        if name.lower() in reserved:
+            raise UsageError(f"--header {name}: chunkhaul sets this header itself")
+    return dict(headers)

@@ -19,7 +19,7 @@ from botocore.awsrequest import AWSRequest
 from chunker import Part, PartDigest, PartLimits
 from chunker.plan import GiB
 from resume import ServerPart
-from uploader.config import CHECKSUMS, ChecksumMode
+from uploader.config import CHECKSUMS, HEADER_NAME, ChecksumMode
 from uploader.errors import ChecksumUnsupported, PermanentError, SessionLost, TransientError, UsageError
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
 from uploader.targets.base import Completed, PartListing
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 UNSIGNED = "UNSIGNED-PAYLOAD"
 # S3 error codes that mean "the bytes or the clock went wrong in transit": send again.
 TRANSIENT_CODES = {"BadDigest", "RequestTimeout", "IncompleteBody", "SlowDown", "InternalError"}
+KEY_LIMIT = 1024  # S3: an object key is at most 1,024 bytes of UTF-8
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 # How stores that do not know the x-amz-checksum headers refuse them (from their users'
 # reports): Cloudflare R2 501 NotImplemented "Header 'x-amz-checksum-algorithm' with value
@@ -71,6 +72,9 @@ class S3Location:
                              f"(e.g. s3://{bucket}/file.bin)")
         if not _BUCKET_RE.match(bucket):
             raise UsageError(f"{url}: {bucket!r} is not a valid bucket name")
+        if len(key.encode()) > KEY_LIMIT:
+            raise UsageError(f"the object key is {len(key.encode()):,} bytes; S3 keys are at most "
+                             f"{KEY_LIMIT:,} bytes (UTF-8): choose a shorter one")
         return cls(bucket, key)
 
     def __str__(self) -> str:
@@ -130,7 +134,6 @@ def _complete_item(number: int, etag: str, crc32: str | None) -> str:
     return f"<Part><PartNumber>{number}</PartNumber><ETag>\"{etag}\"</ETag>{crc}</Part>"
 
 
-_META_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name's characters
 METADATA_LIMIT = 2048  # S3: user metadata, keys and values in UTF-8 bytes, at most 2 KB
 
 
@@ -139,10 +142,13 @@ def object_headers(content_type: str | None, metadata: Mapping[str, str]) -> dic
     would refuse or mangle them: they travel as HTTP headers, so ASCII only."""
     headers = {"Content-Type": content_type} if content_type else {}
     for key, value in metadata.items():
-        if not _META_KEY.fullmatch(key) or not all(" " <= ch <= "~" for ch in value):
+        if not HEADER_NAME.fullmatch(key) or not all(" " <= ch <= "~" for ch in value):
             raise UsageError(f"--metadata {key}={value}: S3 metadata must be ASCII (a header-name key, a "
                              "printable value); encode other text first, e.g. as base64")
-        headers[f"x-amz-meta-{key.lower()}"] = value
+        name = f"x-amz-meta-{key.lower()}"
+        if name in headers:  # S3 keeps metadata names in lower case: one would replace the other
+            raise UsageError(f"--metadata {key}: S3 stores metadata names in lower case, so it is given twice")
+        headers[name] = value
     size = sum(len(k) + len(v) for k, v in metadata.items())
     if size > METADATA_LIMIT:
         raise UsageError(f"--metadata is {size} bytes; S3 allows {METADATA_LIMIT} bytes of user metadata")
@@ -159,6 +165,8 @@ def s3_error(resp: HttpResponse, label: str) -> Exception:
         return TransientError(detail, status=resp.status, retry_after=parse_retry_after(resp.header("retry-after")))
     if resp.status == 403:
         detail += " (check the access key, secret key and the bucket's permissions)"
+    elif code == "NoSuchBucket":
+        detail += " (check the bucket's name, and the endpoint if it lives on another store)"
     return PermanentError(detail, status=resp.status, code=code or None)
 
 

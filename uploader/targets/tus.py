@@ -27,7 +27,7 @@ from uploader.config import UploadOptions
 from uploader.errors import PermanentError, SessionLost, TransientError, UsageError
 from uploader.redact import redact_url
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
-from uploader.targets.base import Completed, PartListing
+from uploader.targets.base import Completed, PartListing, check_user_headers
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 TUS_VERSION = "1.0.0"
@@ -404,10 +404,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 
 def _check_user_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    for name in headers:
-        if name.lower() in _RESERVED_HEADERS:
-            raise UsageError(f"--header {name}: chunkhaul sets this header itself")
-    return dict(headers)
+    return check_user_headers(headers, _RESERVED_HEADERS)
 
 
 def parse_tus_url(destination: str) -> str:
