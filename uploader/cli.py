@@ -33,6 +33,10 @@ T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No prefixes: `--part-siz` working today would break the day an option starting so is added.
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> Any:  # one line, exit 2, as for every other bad input
         if "--json" in sys.argv[1:]:  # a script asked for JSON: give it JSON even now
             print(json.dumps({"error": message, "exit_code": EXIT_USAGE}))
@@ -82,25 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("file")
     up.add_argument("destination", help="s3://BUCKET/KEY, tus+https://HOST/PATH/ (tus creation URL), "
                     "procore://COMPANY_ID[/projects/PROJECT_ID], or http(s)://HOST/PATH (one PUT or POST)")
-    up.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS; env AWS_ENDPOINT_URL)")
-    up.add_argument("--region")
-    up.add_argument("--profile")
+    up.add_argument("--endpoint-url", help="S3-compatible endpoint (default: env AWS_ENDPOINT_URL_S3, "
+                    "AWS_ENDPOINT_URL, the profile's endpoint_url, else AWS)")
+    up.add_argument("--region", help="S3 region (default: env AWS_REGION, AWS_DEFAULT_REGION, the profile, "
+                    "else us-east-1)")
+    up.add_argument("--profile", help="AWS profile for credentials and settings (default: env AWS_PROFILE)")
     up.add_argument("--protocol", choices=["s3", "tus", "procore", "http"], help="override the protocol implied "
                     "by DEST (tus: DEST is an http(s):// tus creation URL)")
-    up.add_argument("--part-size", help="e.g. 16MiB (grown automatically to stay under 10,000 parts)")
-    up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="parts in flight")
-    up.add_argument("--state-dir", help="where resume manifests live (default ~/.local/state/chunkhaul)")
+    up.add_argument("--part-size", help="e.g. 16MiB; default 16MiB, grown automatically to stay under 10,000 "
+                    "parts (tus: default one streamed PATCH)")
+    up.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                    help=f"parts in flight (default {DEFAULT_CONCURRENCY})")
+    up.add_argument("--state-dir", help="where resume manifests live (default $XDG_STATE_HOME/chunkhaul, "
+                    "else ~/.local/state/chunkhaul)")
     up.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
     up.add_argument("--restart", action="store_true", help="abort the interrupted upload and start over")
-    up.add_argument("--fallback", choices=["auto", "never", "only"], default="auto")
+    up.add_argument("--fallback", choices=["auto", "never", "only"], default="auto",
+                    help="the single-shot sync upload after the async path fails: auto (default), never, "
+                    "or only")
     up.add_argument("--sync-deadline", type=float, metavar="SECONDS",
                     help="wall-clock limit per single-shot attempt (default: 10 s per MB, 300-1800 s)")
     up.add_argument("--sync-delay", type=float, default=5.0, metavar="SECONDS",
                     help="pause between single-shot attempts (default 5)")
-    up.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    up.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10")
     up.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
-                    help="give up on a request when no bytes moved for this long")
-    up.add_argument("--retries", type=int, default=5, help="attempts per request")
+                    help="a request with no bytes moving for this long is cut and retried (default 30)")
+    up.add_argument("--retries", type=int, default=5, help="attempts per request (default 5)")
     up.add_argument("--force-close", action="store_true", help="a new connection for every request")
     up.add_argument("--checksum", choices=CHECKSUMS, default="crc32",
                     help="S3 part checksum the server verifies: crc32 (default, x-amz-checksum-crc32, about "
@@ -135,18 +146,18 @@ def _add_procore_flags(parser: argparse.ArgumentParser) -> None:
 def _add_abort_parser(sub: Any) -> None:
     ab = sub.add_parser("abort", help="delete the interrupted upload of FILE to DEST on the server, "
                         "and its resume manifest")
-    ab.add_argument("file")
-    ab.add_argument("destination")
-    ab.add_argument("--protocol", choices=["s3", "tus", "procore"])
-    ab.add_argument("--endpoint-url")
-    ab.add_argument("--region")
-    ab.add_argument("--profile")
-    ab.add_argument("--state-dir")
-    ab.add_argument("--ca-bundle")
-    ab.add_argument("--header", action="append", metavar="'NAME: VALUE'")
-    ab.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
-    ab.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS")
-    ab.add_argument("--json", action="store_true")
+    ab.add_argument("file", help="the file as given to upload")
+    ab.add_argument("destination", help="the destination as given to upload")
+    ab.add_argument("--protocol", choices=["s3", "tus", "procore"], help="as given to upload")
+    ab.add_argument("--endpoint-url", help="S3: as given to upload (or the same env/profile)")
+    ab.add_argument("--region", help="S3: as given to upload")
+    ab.add_argument("--profile", help="S3: as given to upload")
+    ab.add_argument("--state-dir", help="as given to upload")
+    ab.add_argument("--ca-bundle", help="PEM file of CA certificates to trust")
+    ab.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="tus: e.g. Authorization")
+    ab.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10")
+    ab.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS", help="default 30")
+    ab.add_argument("--json", action="store_true", help='print {"aborted": true|false} on stdout')
     _add_verbosity(ab)
     _add_procore_flags(ab)
 

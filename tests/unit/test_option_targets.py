@@ -169,6 +169,15 @@ def test_cli_refuses_with_exit_2_and_one_line(argv: tuple[str, ...], phrase: str
     assert err.count("\n") == 1 and phrase in err and "pw" not in err
 
 
+def test_cli_takes_no_abbreviated_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from uploader.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["upload", "f.bin", S3, "--part-siz", "8MiB"])
+    assert stopped.value.code == 2
+    assert "unrecognized arguments: --part-siz 8MiB" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     (S3, "--endpoint-url", "http://127.0.0.1:8333", "--region", "r", "--profile", "p", "--checksum", "md5",
      "--metadata", "k=v", "--content-type", "video/mp4"),
