@@ -35,7 +35,8 @@ T = TypeVar("T")
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # No prefixes: `--part-siz` working today would break the day an option starting so is added.
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # one line, exit 2, as for every other bad input
         if "--json" in sys.argv[1:]:  # a script asked for JSON: give it JSON even now
