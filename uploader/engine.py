@@ -42,7 +42,7 @@ from uploader.progress import Progress
 from uploader.redact import redact_url
 from uploader.result import UploadResult
 from uploader.retry import RetryPolicy
-from uploader.source import mb, open_source
+from uploader.source import mb, open_source, size_arg
 from uploader.targets.base import Completed, MultipartProtocol, PartChecksums
 from uploader.transport_async import AsyncTransport
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
@@ -270,8 +270,8 @@ class _Upload:
         parts = plan_parts(self.identity.size, asked, limits)
         if isinstance(self.options.part_size, int) and parts and parts[0].length > asked:
             log.info("--part-size %s does not fit the target's limits (at most %s parts of at least %s): "
-                     "using parts of %s", mb(asked), f"{limits.max_parts:,}", mb(limits.min_part),
-                     mb(parts[0].length))
+                     "using parts of %s", size_arg(asked), f"{limits.max_parts:,}", size_arg(limits.min_part),
+                     size_arg(parts[0].length))
         return parts
 
     async def _create(self, part_size: int) -> dict[str, Any]:

@@ -38,6 +38,12 @@ def secs(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds >= 10 or seconds == int(seconds) else f"{seconds:.3g}s"
 
 
+def size_arg(nbytes: int) -> str:
+    """A size as --part-size takes it back (16MiB, 5000000): "MB" in our logs is binary, as the
+    original system printed it, but "5MB" typed in is decimal."""
+    return f"{nbytes // (1024 * 1024)}MiB" if nbytes % (1024 * 1024) == 0 else str(nbytes)
+
+
 def mb(nbytes: float) -> str:
     """Sizes as the original system printed them: binary megabytes, 2 decimals."""
     return f"{nbytes / (1024 * 1024):.2f} MB"

@@ -381,5 +381,6 @@ def test_a_part_size_too_small_for_the_part_limit_grows_and_says_so(seaweed: Any
         run = run_cli("upload", str(src), _dest(seaweed, "huge"), "--endpoint-url", proxy.url(),
                       "--state-dir", str(tmp_path / "state"), "--part-size", "5MiB", "--fallback", "never", env=env)
     assert run.code == 1, run.stderr
-    assert ("--part-size 5.00 MB does not fit the target's limits (at most 10,000 parts of at least 5.00 MB): "
-            "using parts of 7.00 MB") in run.stderr
+    # 60 GiB / 10,000 parts = 6.14 MiB, rounded up to whole MiB; said as --part-size takes it
+    assert ("--part-size 5MiB does not fit the target's limits (at most 10,000 parts of at least 5MiB): "
+            "using parts of 7MiB") in run.stderr
