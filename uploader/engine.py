@@ -86,6 +86,24 @@ def warn_kept_attributes(manifest: Manifest, options: UploadOptions) -> None:
                     "(--content-type and --metadata apply to new uploads; --restart starts it over with them)")
 
 
+class _Forward:
+    """A request body's bytes shown on the bar as they are handed to the socket. A retry starts
+    again from byte 0, and the bar moves only past the furthest point reached: a byte sent
+    twice never counts twice."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.at, self.shown = progress, 0, 0
+
+    def restart(self) -> None:
+        self.at = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.at += nbytes
+        if self.at > self.shown:
+            self.progress.commit(self.at - self.shown)
+            self.shown = self.at
+
+
 class _Upload:
     """One run of one file to one destination."""
 
@@ -133,7 +151,8 @@ class _Upload:
         log.info("Retrying after attempt %d/%d failed: %s",
                  state.attempt_number, self.policy.attempts, exc)
 
-    async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T]) -> T:
+    async def call(self, build: Callable[[], HttpRequest], parse: Callable[[HttpResponse], T],
+                   on_sent: Callable[[int], None] | None = None) -> T:
         """Send with retries; every attempt builds its request (and body) afresh.
         UrlExpired is not retried here: resending to the same expired URL cannot succeed,
         so it goes to the caller, which renews the URL and calls again (no budget spent)."""
@@ -149,7 +168,7 @@ class _Upload:
                 if isinstance(request.body, FileSlice):  # file bytes only, retries included
                     self.bytes_sent += request.body_length
                 try:
-                    return parse(await self.transport.send(request))
+                    return parse(await self.transport.send(request, on_sent))
                 except TransientError:
                     self.check_source()  # a short read is a changed file, not a network fault
                     raise
@@ -487,9 +506,14 @@ class _Upload:
     async def _single_shot(self) -> Completed:
         # A target whose request carries no digest (plain HTTP, any size) skips a full read of the file.
         digest = await self._digest(Part(1, 0, self.identity.size)) if self.protocol.part_digests else None
-        done = await self.call(lambda: self.protocol.single_shot(self.identity.size, digest),
-                               self.protocol.parse_single_shot)
-        self.progress.commit(self.identity.size)
+        moved = _Forward(self.progress)  # one request may carry gigabytes (plain HTTP): move the bar
+
+        def build() -> HttpRequest:
+            moved.restart()
+            return self.protocol.single_shot(self.identity.size, digest)
+
+        done = await self.call(build, self.protocol.parse_single_shot, on_sent=moved)
+        self.progress.commit(self.identity.size - moved.shown)
         self.store.delete()
         return done
 

@@ -242,3 +242,25 @@ def test_method_on_an_s3_destination_is_refused(env: dict[str, str], tmp_path: P
     run = upload(env, src, "s3://bucket/key", tmp_path, "--method", "POST")
     assert run.code == 2
     assert "--method applies to http uploads only" in error_line(run)
+
+
+@pytest.mark.parametrize("busy_first", [0, 2], ids=["one-attempt", "two-503s-first"])
+def test_the_library_progress_moves_during_the_one_request(seaweed: Any, tmp_path: Path, busy_first: int) -> None:
+    from uploader import upload as upload_file
+
+    size = 24 * MiB + 1
+    src = write_random_file(tmp_path / "f.bin", size, seed=9)
+    path, seen = new_path(), []
+    rules = [HttpRespond(method="PUT", status=503, first=busy_first)] if busy_first else []
+    with FaultProxy("127.0.0.1", seaweed.ports["filer.port"], rules, http=True) as proxy:
+        result = upload_file(str(src), proxy.url() + path, state_dir=str(tmp_path / "state"),
+                             progress=lambda done, total: seen.append((done, total)))
+        statuses = [r.status for r in proxy.stats().requests]
+    assert statuses == [503] * busy_first + [201]
+    assert requests.get(filer(seaweed) + path, timeout=60).content == src.read_bytes()
+    assert result.bytes_total == size
+    done = [d for d, _ in seen]
+    # The bar moves while the body goes (1 MiB steps), never backwards, never past the file,
+    # though retried attempts send the first bytes again.
+    assert len([d for d in done if 0 < d < size]) >= 4
+    assert done == sorted(done) and done[-1] == size and {t for _, t in seen} == {size}
