@@ -457,7 +457,7 @@ class ScriptedProcore:
         self.sizes: dict[int, int] = {}
         self.refuse_patch = False  # answer PATCH with 401, as for a token that ran out
 
-    async def send(self, req: HttpRequest) -> HttpResponse:
+    async def send(self, req: HttpRequest, on_sent: Callable[[int], None] | None = None) -> HttpResponse:
         self.sent.append(req)
         if req.method == "POST":
             segs = json.loads(req.body)["segments"]  # type: ignore[arg-type]
