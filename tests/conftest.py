@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,11 @@ if str(REPO_ROOT) not in sys.path:  # makes `tests.servers...` importable from a
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.servers.seaweed import SeaweedFS, make_tls_files  # noqa: E402
+
+# A shell starts a background job (`make test &`, nohup ... &) with SIGINT ignored, children
+# inherit that, and a Python started so never sees Ctrl-C (it keeps the inherited SIG_IGN).
+# The tests that send the CLI SIGINT need it to have the disposition of a terminal's job.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 MiB = 1 << 20
 _BLOCK = 8 * MiB
