@@ -10,11 +10,13 @@ import ssl
 import threading
 import warnings
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 
 import trustme
+
+from tests.servers.local_http import LocalHTTPServer
 
 ERROR_XML = b"<Error><Code>InternalError</Code><Message>try again</Message></Error>"
 
@@ -103,7 +105,7 @@ class TlsServer:
             conn.close()
 
 
-class RecordingServer:
+class RecordingServer(LocalHTTPServer):
     """Plain HTTP; records every request's line and headers and answers 500 (S3 InternalError),
     so a client retries and signs several requests."""
 
@@ -128,18 +130,7 @@ class RecordingServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> RecordingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
 
 
 def write_ca(ca: trustme.CA, path: Path) -> Path:

@@ -14,12 +14,10 @@ import base64
 import hashlib
 import os
 import secrets
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ import requests
 from tests.conftest import write_random_file
 from tests.integration.cli import Run, run_cli
 from tests.servers.fault_proxy import FaultProxy, HttpRespond, Reset
+from tests.servers.local_http import LocalHTTPServer
 from uploader.errors import RESUME_HINT
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -41,7 +40,7 @@ class Received:
     body: bytes
 
 
-class StoringServer:
+class StoringServer(LocalHTTPServer):
     """Answers 201 to PUT and POST and keeps what arrived; GET is not needed."""
 
     def __init__(self) -> None:
@@ -61,18 +60,7 @@ class StoringServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> StoringServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
