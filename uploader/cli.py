@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn, TypeVar
 
-from uploader.config import CHECKSUMS, DEFAULT_CONCURRENCY, UploadOptions
+from uploader.config import CHECKSUMS, DEFAULT_CONCURRENCY, HTTP_SCHEMES, UploadOptions
 from uploader.config import PROCORE_PRODUCTION_URL as PRODUCTION_URL
 from uploader.config import PROCORE_SANDBOX_URL as SANDBOX_URL
 from uploader.config import PROCORE_TOKEN_ENV as TOKEN_ENV
@@ -236,7 +236,9 @@ def run_upload(args: argparse.Namespace) -> int:
     except ChunkhaulError as exc:
         return _fail(args, exc.exit_code, str(exc))
     show_bar = not args.quiet and not args.json and sys.stderr.isatty()
-    result = _run(args, lambda: _main_task(options, show_bar), f"interrupted; {RESUME_HINT}")
+    stopped = (f"interrupted; {RESUME_HINT}" if options.target not in HTTP_SCHEMES else
+               "interrupted; plain HTTP keeps nothing to resume from: the same command sends the file again")
+    result = _run(args, lambda: _main_task(options, show_bar), stopped)
     if isinstance(result, int):
         return result
     if args.json:

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import os
 import secrets
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -24,8 +25,8 @@ import pytest
 import requests
 
 from tests.conftest import write_random_file
-from tests.integration.cli import Run, run_cli
-from tests.servers.fault_proxy import FaultProxy, HttpRespond, Reset
+from tests.integration.cli import Run, popen_cli, run_cli
+from tests.servers.fault_proxy import FaultProxy, HttpRespond, Reset, Throttle
 from tests.servers.local_http import LocalHTTPServer
 from uploader.errors import RESUME_HINT
 
@@ -252,3 +253,26 @@ def test_the_library_progress_moves_during_the_one_request(seaweed: Any, tmp_pat
     # though retried attempts send the first bytes again.
     assert len([d for d in done if 0 < d < size]) >= 4
     assert done == sorted(done) and done[-1] == size and {t for _, t in seen} == {size}
+
+
+def test_ctrl_c_says_there_is_nothing_to_resume(seaweed: Any, env: dict[str, str], tmp_path: Path) -> None:
+    src = write_random_file(tmp_path / "f.bin", 32 * MiB, seed=10)
+    path = new_path()
+    slow = Throttle(bytes_per_sec=4 * MiB)
+    with FaultProxy("127.0.0.1", seaweed.ports["filer.port"], [slow], http=True) as proxy:
+        proc = popen_cli("upload", str(src), proxy.url() + path, "--state-dir", str(tmp_path / "state"), env=env)
+        proxy.wait_for(lambda st: st.bytes_up > 4 * MiB, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == ("chunkhaul: error: interrupted; plain HTTP keeps nothing to resume "
+                                               "from: the same command sends the file again")
+    assert requests.get(filer(seaweed) + path, timeout=60).status_code == 404  # nothing half-stored
+    no_manifest(tmp_path)
+
+
+def test_content_type_as_a_header_points_to_the_option(env: dict[str, str], tmp_path: Path) -> None:
+    src = write_random_file(tmp_path / "f.bin", KiB, seed=11)
+    run = upload(env, src, "http://127.0.0.1:9/x", tmp_path, "--header", "Content-Type: text/x")
+    assert run.code == 2
+    assert error_line(run).endswith("chunkhaul sets this header itself; give the type with --content-type")

@@ -70,5 +70,6 @@ def check_user_headers(headers: Mapping[str, str], reserved: Collection[str]) ->
     (`reserved`, lower case): two values for one header would reach the server."""
     for name in headers:
         if name.lower() in reserved:
-            raise UsageError(f"--header {name}: chunkhaul sets this header itself")
+            instead = "; give the type with --content-type" if name.lower() == "content-type" else ""
+            raise UsageError(f"--header {name}: chunkhaul sets this header itself{instead}")
     return dict(headers)
