@@ -26,7 +26,9 @@ def main() -> None:
   {REPO}/.venv/bin/chunkhaul upload FILE s3://{s3.bucket}/KEY --endpoint-url {s3.endpoint}
 tus (@tus/server, files stored in {tus.directory}):
   {REPO}/.venv/bin/chunkhaul upload FILE tus+{tus.url}
-Ctrl-C stops both.""", flush=True)
+plain HTTP (the SeaweedFS filer: a PUT stores the body at the path, GET reads it back):
+  {REPO}/.venv/bin/chunkhaul upload FILE http://127.0.0.1:{s3.ports["filer.port"]}/uploads/NAME
+Ctrl-C (or kill) stops them all.""", flush=True)
         try:
             while True:
                 time.sleep(3600)
