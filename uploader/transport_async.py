@@ -296,7 +296,7 @@ class AsyncTransport:
         try:
             async with self._session.request(
                 req.method, URL(req.url, encoded=True), headers=headers, data=body, ssl=self._tls(req.url),
-                allow_redirects=req.follow_redirects,
+                allow_redirects=req.may_follow,
             ) as resp:
                 data = await _read_reply(resp.content)
                 self._note_tls(resp)

@@ -179,7 +179,7 @@ class SyncTransport:
             watchdog.start()
             resp = session.request(req.method, req.url, headers=dict(req.headers), data=body,
                                    timeout=self.timeouts, verify=self.ca_bundle or True,
-                                   allow_redirects=req.follow_redirects)
+                                   allow_redirects=req.may_follow)
             return HttpResponse(resp.status_code, lower_headers(dict(resp.headers)), resp.content)
         except requests.exceptions.SSLError as exc:
             if any(reason in str(exc) for reason in HANDSHAKE_REFUSALS):

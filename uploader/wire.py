@@ -73,6 +73,12 @@ class HttpRequest:
     follow_redirects: bool = True
 
     @property
+    def may_follow(self) -> bool:
+        """Redirects are followed for GET and HEAD only: a PUT re-sent elsewhere would carry a
+        body read once already (and a signature for another host), a POST would turn into a GET."""
+        return self.follow_redirects and self.method in ("GET", "HEAD")
+
+    @property
     def body_length(self) -> int:
         if self.body is None:
             return 0

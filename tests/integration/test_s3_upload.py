@@ -384,3 +384,22 @@ def test_a_part_size_too_small_for_the_part_limit_grows_and_says_so(seaweed: Any
     # 60 GiB / 10,000 parts = 6.14 MiB, rounded up to whole MiB; said as --part-size takes it
     assert ("--part-size 5MiB does not fit the target's limits (at most 10,000 parts of at least 5MiB): "
             "using parts of 7MiB") in run.stderr
+
+
+def test_a_redirected_part_is_not_sent_on_elsewhere(seaweed: Any, env: dict[str, str], tmp_path: Path,
+                                                    make_random_file: Callable[..., Path]) -> None:
+    """S3 answers 307 TemporaryRedirect while a new bucket's DNS settles. Following it would send
+    the part's body, signed for this host, to another one; the 307 comes back as the error."""
+    src = make_random_file("moved.bin", 11 * MiB)
+    body = "<Error><Code>TemporaryRedirect</Code><Message>Please re-send this request</Message></Error>"
+    with FaultProxy("127.0.0.1", seaweed.s3_port, [], http=True) as proxy:
+        moved = HttpRespond(status=307, method="PUT", query="partNumber=2", body=body,
+                            headers={"Location": proxy.url() + "/elsewhere/moved.bin"})
+        proxy.set_rules([moved])
+        run = run_cli("upload", str(src), _dest(seaweed, "moved"), "--endpoint-url", proxy.url(), "--part-size",
+                      "5MiB", "--concurrency", "1", "--state-dir", str(tmp_path / "state"), env=env)
+        seen = [(r.method, r.path, r.status) for r in proxy.stats().requests]
+    assert run.code == 1, run.stderr
+    assert "UploadPart 2: HTTP 307 TemporaryRedirect" in run.stderr.strip().splitlines()[-1]
+    assert not [s for s in seen if s[1].startswith("/elsewhere")], seen
+    assert [s[2] for s in seen if s[0] == "PUT"].count(307) == 1
