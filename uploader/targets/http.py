@@ -12,16 +12,16 @@ size (engine._Upload.run). Error classes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
-from chunker import Part, PartDigest, PartLimits
+from chunker import PartDigest, PartLimits
 from uploader.config import UploadOptions
 from uploader.errors import PermanentError, TransientError, UsageError
 from uploader.redact import redact_url
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
-from uploader.targets.base import Completed, PartListing, check_user_headers
+from uploader.targets.base import Completed, NotPartFlow, check_user_headers, split_url
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 METHODS = ("PUT", "POST")
@@ -46,11 +46,7 @@ _CHECK_OTHER = "check the URL, the method (--method) and the headers the server 
 
 def parse_http_url(destination: str) -> str:
     """`http(s)://HOST/PATH` as given (a fragment dropped: it never reaches a server)."""
-    try:
-        parts = urlsplit(destination)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise UsageError(f"{redact_url(destination)!r} is not a valid URL ({exc})") from None
+    parts = split_url(destination)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{redact_url(destination)!r} is not an HTTP URL: use http(s)://HOST/PATH")
     return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
@@ -61,7 +57,7 @@ def _snippet(body: bytes) -> str:
     return text if len(text) <= _BODY_SNIPPET else text[: _BODY_SNIPPET - 3] + "..."
 
 
-class HttpProtocol:
+class HttpProtocol(NotPartFlow):
     kind: str = "http"
     # One request carries the file: the limits only keep the engine's generic code (plan,
     # fallback size check) from splitting or refusing it.
@@ -110,35 +106,6 @@ class HttpProtocol:
         if resp.status in RETRYABLE_STATUS or resp.status >= 500:
             return TransientError(detail, status=resp.status, retry_after=parse_retry_after(resp.header("retry-after")))
         return PermanentError(f"{detail}; {_CHECKS.get(resp.status, _CHECK_OTHER)}", status=resp.status)
-
-    def local_etag(self, digest: PartDigest) -> str | None:
-        return None
-
-    # A plain server has no upload session, parts or completion: the engine sends http
-    # uploads by single_shot only. These exist to satisfy the engine's interface.
-    def create(self, size: int, part_size: int) -> HttpRequest:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def parse_create(self, resp: HttpResponse) -> dict[str, Any]:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def parse_list_parts(self, resp: HttpResponse) -> PartListing:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def upload_part(self, session: Mapping[str, Any], part: Part, digest: PartDigest) -> HttpRequest:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def parse_upload_part(self, resp: HttpResponse, part: Part) -> str:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def complete(self, session: Mapping[str, Any], etags: Sequence[tuple[int, str]]) -> HttpRequest:
-        raise NotImplementedError("http: one request, use single_shot()")
-
-    def parse_complete(self, resp: HttpResponse, session: Mapping[str, Any]) -> Completed:
-        raise NotImplementedError("http: one request, use single_shot()")
 
     def abort(self, session: Mapping[str, Any]) -> HttpRequest:
         raise NotImplementedError("http: nothing to abort, no session is kept")

@@ -33,7 +33,7 @@ from uploader.config import PROCORE_TOKEN_ENV as TOKEN_ENV
 from uploader.config import UploadOptions
 from uploader.errors import PermanentError, SessionLost, TransientError, UploadFailed, UrlExpired, UsageError
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
-from uploader.targets.base import Completed, PartListing
+from uploader.targets.base import Completed, NotPartFlow
 from uploader.targets.s3 import error_code_and_message
 from uploader.wire import FileSlice, FormBody, HttpRequest, HttpResponse
 
@@ -221,7 +221,7 @@ def _part_number(item: Mapping[str, Any], index: int) -> int:
     return number if isinstance(number, int) and not isinstance(number, bool) else index + 1
 
 
-class ProcoreProtocol:
+class ProcoreProtocol(NotPartFlow):
     """One Procore upload of one file: the request builders, the response readers, and the
     part URLs the API handed out (renewed in place; v2.1 never persists them)."""
 
@@ -457,23 +457,8 @@ class ProcoreProtocol:
     def abort_requests(self, session: Mapping[str, Any]) -> list[HttpRequest]:
         return []  # `chunkhaul abort`: nothing to delete server-side, only the manifest
 
-    def local_etag(self, digest: PartDigest) -> str | None:
-        return None
-
     # The generic multipart flow does not fit Procore (creation needs every digest first,
-    # URLs come from the API): procore_flow drives the methods above instead.
-    def create(self, size: int, part_size: int) -> HttpRequest:
-        raise NotImplementedError("Procore uploads run through uploader.procore_flow")
-
-    def parse_create(self, resp: HttpResponse) -> dict[str, Any]:
-        raise NotImplementedError("Procore uploads run through uploader.procore_flow")
-
-    def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest:
-        raise NotImplementedError("Procore uploads run through uploader.procore_flow")
-
-    def parse_list_parts(self, resp: HttpResponse) -> PartListing:
-        raise NotImplementedError("Procore uploads run through uploader.procore_flow")
-
+    # URLs come from the API): procore_flow drives the methods above; these four it shares.
     def upload_part(self, session: Mapping[str, Any], part: Part, digest: PartDigest) -> HttpRequest:
         return self.put_part(part)
 

@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlunsplit
 
-from chunker import Part, PartDigest, PartLimits
+from chunker import PartDigest, PartLimits
 from uploader.config import UploadOptions
 from uploader.errors import PermanentError, SessionLost, TransientError, UsageError
 from uploader.redact import redact_url
 from uploader.retry import RETRYABLE_STATUS, parse_retry_after
-from uploader.targets.base import Completed, PartListing, check_user_headers
+from uploader.targets.base import Completed, NotPartFlow, check_user_headers, split_url
 from uploader.wire import FileSlice, HttpRequest, HttpResponse
 
 TUS_VERSION = "1.0.0"
@@ -174,7 +174,7 @@ def _int_header(resp: HttpResponse, name: str, label: str) -> int | None:
     return int(value)
 
 
-class TusProtocol:
+class TusProtocol(NotPartFlow):
     """One file to one tus creation URL. Holds no credentials beyond the user's headers,
     which go on every request and never into the session (the manifest)."""
 
@@ -364,29 +364,6 @@ class TusProtocol:
         shown = redact_url(url)
         return Completed(None, shown, shown)
 
-    def local_etag(self, digest: PartDigest) -> str | None:
-        return None
-
-    # tus has no part listing, numbered parts or completion call: uploader.tus_flow drives
-    # tus with HEAD and PATCH instead. These exist only to satisfy the engine's interface.
-    def list_parts(self, session: Mapping[str, Any], marker: str | None) -> HttpRequest:
-        raise NotImplementedError("tus: use head()")
-
-    def parse_list_parts(self, resp: HttpResponse) -> PartListing:
-        raise NotImplementedError("tus: use parse_head()")
-
-    def upload_part(self, session: Mapping[str, Any], part: Part, digest: PartDigest) -> HttpRequest:
-        raise NotImplementedError("tus: use patch()")
-
-    def parse_upload_part(self, resp: HttpResponse, part: Part) -> str:
-        raise NotImplementedError("tus: use parse_patch()")
-
-    def complete(self, session: Mapping[str, Any], etags: Sequence[tuple[int, str]]) -> HttpRequest:
-        raise NotImplementedError("tus: an upload is complete when its offset reaches its length")
-
-    def parse_complete(self, resp: HttpResponse, session: Mapping[str, Any]) -> Completed:
-        raise NotImplementedError("tus: an upload is complete when its offset reaches its length")
-
 
 def _head_error(resp: HttpResponse) -> Exception:
     """HEAD: 404/410 mean gone; auth failures are permanent; anything else may pass."""
@@ -409,11 +386,7 @@ def _check_user_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def parse_tus_url(destination: str) -> str:
     """`tus+https://host/files/` or `https://host/files/` -> the http(s) creation URL."""
-    try:
-        parts = urlsplit(destination)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise UsageError(f"{redact_url(destination)!r} is not a valid URL ({exc})") from None
+    parts = split_url(destination)
     scheme = parts.scheme.lower().removeprefix("tus+")
     if scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"{redact_url(destination)!r} is not a tus endpoint: use "
